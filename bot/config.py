@@ -1,0 +1,520 @@
+"""``bot.toml``: the service's settings, sources, chat rooms and staff roster.
+
+Parsed once into frozen dataclasses. Secrets never live in the TOML: a setting
+ending in ``_env`` names an environment variable (also read from a ``.env`` file
+beside the config) that holds the secret. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dotenv import dotenv_values
+
+from bot.schema import Problems, Table
+
+
+class Role(StrEnum):
+    """What a staff member may do; each role includes the ones before it."""
+
+    VOLUNTEER = "volunteer"
+    MODERATOR = "moderator"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        """Order of privilege: volunteer < moderator < admin."""
+        return list(Role).index(self)
+
+
+class SourceKind(StrEnum):
+    """The webhook dialects Vigil speaks."""
+
+    DISCOURSE = "discourse"
+    GENERIC = "generic"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """Process-wide settings: where to listen, how to log, where data lives."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+    log_format: str = "text"
+    data_dir: Path = Path("data")
+    rules_dir: Path = Path("rules")
+    dry_run: bool = False
+    check_token_env: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """The SQLite database."""
+
+    path: Path = Path("data/vigil.db")
+    synchronous: str = "normal"  # normal: survives a killed process; full: power loss too
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """Webhook reception."""
+
+    max_body_bytes: int = 1024 * 1024
+    commit_max_batch: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """The workers that process the inbox."""
+
+    workers: int = 2
+    max_attempts: int = 6
+    retry_base_s: float = 2.0
+    retry_max_s: float = 600.0
+    lease_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """Limits on fetching and decoding images."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0
+    total_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    """One forum that sends webhooks."""
+
+    name: str
+    kind: SourceKind
+    base_url: str
+    webhook_secret_env: str
+    media_hosts: tuple[str, ...] = ()
+    api_key_env: str | None = None
+    api_username: str | None = None
+    callback_url: str | None = None
+    callback_secret_env: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomConfig:
+    """A staff room, by Vigil's name for it, in each chat system."""
+
+    name: str
+    matrix: str | None = None
+    discord: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixConfig:
+    """The bot's Matrix account."""
+
+    homeserver: str
+    user_id: str
+    access_token_env: str | None = None
+    password_env: str | None = None
+    device_name: str = "vigil"
+
+
+@dataclass(frozen=True, slots=True)
+class DiscordConfig:
+    """The bot's Discord application."""
+
+    token_env: str
+    guild_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StaffMember:
+    """A person on the roster: who they are in each chat and what they may do."""
+
+    name: str
+    role: Role
+    timezone: str
+    matrix: str | None = None
+    discord: str | None = None
+    notify: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything in ``bot.toml``, resolved."""
+
+    path: Path
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    sources: tuple[SourceConfig, ...] = ()
+    rooms: tuple[RoomConfig, ...] = ()
+    matrix: MatrixConfig | None = None
+    discord: DiscordConfig | None = None
+    staff: tuple[StaffMember, ...] = ()
+    secrets: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def source(self, name: str) -> SourceConfig | None:
+        """The source called ``name``, if configured."""
+        return next((s for s in self.sources if s.name == name), None)
+
+    def room(self, name: str) -> RoomConfig | None:
+        """The room called ``name``, if configured."""
+        return next((r for r in self.rooms if r.name == name), None)
+
+    def secret(self, env_name: str | None) -> str | None:
+        """The value of a secret's environment variable (or .env entry)."""
+        return self.secrets.get(env_name) if env_name else None
+
+    def staff_by_chat_id(self, chat: str, chat_id: str) -> StaffMember | None:
+        """The roster entry whose ``chat`` identity (matrix, discord) is ``chat_id``."""
+        for person in self.staff:
+            if getattr(person, chat, None) == chat_id:
+                return person
+        return None
+
+    def person(self, name: str) -> StaffMember | None:
+        """The roster entry called ``name`` (case-insensitive)."""
+        folded = name.casefold()
+        return next((p for p in self.staff if p.name.casefold() == folded), None)
+
+
+NOTIFY_CHANNELS = ("matrix_dm", "matrix_room", "discord_dm", "discord_channel")
+TOP_LEVEL = (
+    "service",
+    "store",
+    "ingest",
+    "pipeline",
+    "media",
+    "source",
+    "room",
+    "matrix",
+    "discord",
+    "staff",
+)
+
+
+def read_toml(path: Path, problems: Problems) -> dict | None:
+    """Parse a TOML file, recording a problem (with line and column) if it is not TOML."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        problems.add(str(path), "", "file not found")
+    except tomllib.TOMLDecodeError as exc:
+        problems.add(str(path), "", f"not valid TOML: {exc}")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.add(str(path), "", f"cannot read: {exc}")
+    return None
+
+
+def load_secrets(config_dir: Path) -> dict[str, str]:
+    """Environment variables, with a ``.env`` beside the config filling the gaps."""
+    values: dict[str, str] = {}
+    env_file = config_dir / ".env"
+    if env_file.is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(os.environ)
+    return values
+
+
+def load_config(path: Path, problems: Problems) -> Config | None:
+    """Parse ``bot.toml`` at ``path``; every problem goes to ``problems``."""
+    data = read_toml(path, problems)
+    if data is None:
+        return None
+    file = str(path)
+    root = Table(data, file, "", problems)
+    base = path.parent
+    secrets = load_secrets(base)
+
+    service = _service(root.table("service"), base)
+    store = _store(root.table("store"), base, service)
+    ingest = _ingest(root.table("ingest"))
+    pipeline = _pipeline(root.table("pipeline"))
+    media = _media(root.table("media"))
+    sources = tuple(s for s in (_source(t) for t in root.tables("source")) if s)
+    rooms = tuple(r for r in (_room(t) for t in root.tables("room")) if r)
+    matrix_t = root.table("matrix")
+    matrix = _matrix(matrix_t) if matrix_t else None
+    discord_t = root.table("discord")
+    discord = _discord(discord_t) if discord_t else None
+    staff = tuple(p for p in (_staff(t) for t in root.tables("staff")) if p)
+    root.finish()
+
+    config = Config(
+        path=path,
+        service=service,
+        store=store,
+        ingest=ingest,
+        pipeline=pipeline,
+        media=media,
+        sources=sources,
+        rooms=rooms,
+        matrix=matrix,
+        discord=discord,
+        staff=staff,
+        secrets=secrets,
+    )
+    _cross_check(config, file, problems)
+    return config
+
+
+def _service(t: Table | None, base: Path) -> ServiceConfig:
+    if t is None:
+        return ServiceConfig(data_dir=base / "data", rules_dir=base / "rules")
+    cfg = ServiceConfig(
+        host=t.str("host", "127.0.0.1"),
+        port=t.int("port", 8080, 0, 65535),
+        log_level=t.choice("log_level", ("debug", "info", "warning", "error"), "info"),
+        log_format=t.choice("log_format", ("text", "json"), "text"),
+        data_dir=base / t.str("data_dir", "data"),
+        rules_dir=base / t.str("rules_dir", "rules"),
+        dry_run=t.bool("dry_run", False),
+        check_token_env=t.str("check_token_env", None),
+    )
+    t.finish()
+    return cfg
+
+
+def _store(t: Table | None, base: Path, service: ServiceConfig) -> StoreConfig:
+    default_path = service.data_dir / "vigil.db"
+    if t is None:
+        return StoreConfig(path=default_path)
+    raw_path = t.str("path", None)
+    cfg = StoreConfig(
+        path=base / raw_path if raw_path else default_path,
+        synchronous=t.choice("synchronous", ("normal", "full"), "normal"),
+    )
+    t.finish()
+    return cfg
+
+
+def _ingest(t: Table | None) -> IngestConfig:
+    if t is None:
+        return IngestConfig()
+    cfg = IngestConfig(
+        max_body_bytes=t.int("max_body_bytes", 1024 * 1024, 1024, 64 * 1024 * 1024),
+        commit_max_batch=t.int("commit_max_batch", 256, 1, 10_000),
+    )
+    t.finish()
+    return cfg
+
+
+def _pipeline(t: Table | None) -> PipelineConfig:
+    if t is None:
+        return PipelineConfig()
+    cfg = PipelineConfig(
+        workers=t.int("workers", 2, 1, 64),
+        max_attempts=t.int("max_attempts", 6, 1, 100),
+        retry_base_s=t.duration("retry_base", "2s"),
+        retry_max_s=t.duration("retry_max", "10m"),
+        lease_s=t.duration("lease", "5m"),
+    )
+    t.finish()
+    return cfg
+
+
+def _media(t: Table | None) -> MediaConfig:
+    if t is None:
+        return MediaConfig()
+    cfg = MediaConfig(
+        max_bytes=t.int("max_bytes", 20 * 1024 * 1024, 1024, 1024**3),
+        max_pixels=t.int("max_pixels", 50_000_000, 10_000, 1_000_000_000),
+        connect_timeout_s=t.duration("connect_timeout", "5s"),
+        read_timeout_s=t.duration("read_timeout", "10s"),
+        total_timeout_s=t.duration("total_timeout", "30s"),
+    )
+    t.finish()
+    return cfg
+
+
+def _url(t: Table, name: str, default: object = None) -> str | None:
+    def check(v: str) -> str | None:
+        return None if v.startswith(("http://", "https://")) else f"{v!r} is not an http(s) URL"
+
+    value = t.value(name, str, "an http:// or https:// URL", default, check)
+    return value.rstrip("/") if isinstance(value, str) else None
+
+
+def _source(t: Table) -> SourceConfig | None:
+    name = t.str("name")
+    kind = t.choice("kind", [k.value for k in SourceKind])
+    base_url = _url(t, "base_url") if kind != SourceKind.GENERIC else _url(t, "base_url", "")
+    secret_env = t.str("webhook_secret_env")
+    media_hosts = t.str_list("media_hosts", ())
+    api_key_env = t.str("api_key_env", None)
+    api_username = t.str("api_username", None)
+    callback_url = _url(t, "callback_url", None)
+    callback_secret_env = t.str("callback_secret_env", None)
+    t.finish()
+    if not (name and kind and secret_env) or base_url is None:
+        return None
+    if kind == SourceKind.DISCOURSE and bool(api_key_env) != bool(api_username):
+        t.error("api_username", "api_key_env and api_username go together")
+    return SourceConfig(
+        name=name,
+        kind=SourceKind(kind),
+        base_url=base_url,
+        webhook_secret_env=secret_env,
+        media_hosts=media_hosts,
+        api_key_env=api_key_env,
+        api_username=api_username,
+        callback_url=callback_url,
+        callback_secret_env=callback_secret_env,
+    )
+
+
+def _room(t: Table) -> RoomConfig | None:
+    name = t.str("name")
+    matrix = t.value(
+        "matrix",
+        str,
+        "a Matrix room id (!id:server) or alias (#name:server)",
+        None,
+        lambda v: None if v[:1] in "!#" and ":" in v else f"{v!r} is not a room id or alias",
+    )
+    discord = _snowflake(t, "discord", "a Discord channel id")
+    t.finish()
+    if not name:
+        return None
+    if not matrix and not discord:
+        t.error("matrix", "a room needs a Matrix room, a Discord channel, or both")
+    return RoomConfig(name=name, matrix=matrix, discord=discord)
+
+
+def _snowflake(t: Table, name: str, what: str) -> str | None:
+    # Discord ids exceed what some tools keep exact as numbers; accept a string or an int.
+    raw = t.value(name, (str, int), f"{what} (digits, as a string)", None)
+    if raw is None:
+        return None
+    text = str(raw)
+    if not text.isdigit():
+        t.error(name, f"{text!r} is not {what} (digits only)")
+        return None
+    return text
+
+
+def _matrix(t: Table) -> MatrixConfig | None:
+    homeserver = _url(t, "homeserver")
+    user_id = t.value(
+        "user_id",
+        str,
+        "a Matrix user id like @vigil:example.org",
+        check=lambda v: None if v.startswith("@") and ":" in v else f"{v!r} is not a user id",
+    )
+    token_env = t.str("access_token_env", None)
+    password_env = t.str("password_env", None)
+    device = t.str("device_name", "vigil")
+    t.finish()
+    if not token_env and not password_env:
+        t.error("access_token_env", "set access_token_env or password_env")
+    if not (homeserver and user_id):
+        return None
+    return MatrixConfig(homeserver, user_id, token_env, password_env, device)
+
+
+def _discord(t: Table) -> DiscordConfig | None:
+    token_env = t.str("token_env")
+    guild = _snowflake(t, "guild_id", "a Discord server (guild) id")
+    if not t.has("guild_id"):
+        t.error("guild_id", "missing; expected a Discord server (guild) id")
+    t.finish()
+    if not (token_env and guild):
+        return None
+    return DiscordConfig(token_env, guild)
+
+
+def _staff(t: Table) -> StaffMember | None:
+    name = t.str("name")
+    role = t.choice("role", [r.value for r in Role])
+    tz = t.value("timezone", str, 'an IANA time zone like "Europe/London"', "UTC")
+    if tz is not None:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            t.error("timezone", f'{tz!r} is not an IANA time zone; expected e.g. "Europe/London"')
+    matrix = t.value(
+        "matrix",
+        str,
+        "a Matrix user id like @alice:example.org",
+        None,
+        lambda v: None if v.startswith("@") and ":" in v else f"{v!r} is not a user id",
+    )
+    discord = _snowflake(t, "discord", "a Discord user id")
+    notify = t.str_list("notify", (), NOTIFY_CHANNELS)
+    t.finish()
+    if not (name and role):
+        return None
+    return StaffMember(name, Role(role), tz or "UTC", matrix, discord, notify)
+
+
+def _cross_check(config: Config, file: str, problems: Problems) -> None:
+    """Checks that need more than one table: duplicates, references, secrets."""
+    _unique(file, "source", [s.name for s in config.sources], problems)
+    _unique(file, "room", [r.name for r in config.rooms], problems)
+    _unique(file, "staff", [p.name.casefold() for p in config.staff], problems)
+    for chat in ("matrix", "discord"):
+        ids = [getattr(p, chat) for p in config.staff if getattr(p, chat)]
+        _unique(file, f"staff.{chat}", ids, problems)
+    if any(r.matrix for r in config.rooms) and config.matrix is None:
+        problems.add(file, "matrix", "rooms name Matrix rooms but there is no [matrix] table")
+    if any(r.discord for r in config.rooms) and config.discord is None:
+        problems.add(file, "discord", "rooms name Discord channels but there is no [discord] table")
+    for i, person in enumerate(config.staff):
+        if not person.matrix and not person.discord:
+            problems.add(
+                file,
+                f"staff[{i}]",
+                f"{person.name} has no chat identity (matrix or discord): they could never act",
+                warning=True,
+            )
+    needed = [
+        (f"source[{i}].webhook_secret_env", s.webhook_secret_env)
+        for i, s in enumerate(config.sources)
+    ]
+    needed += [(f"source[{i}].api_key_env", s.api_key_env) for i, s in enumerate(config.sources)]
+    if config.matrix:
+        needed.append(("matrix.access_token_env", config.matrix.access_token_env))
+        needed.append(("matrix.password_env", config.matrix.password_env))
+    if config.discord:
+        needed.append(("discord.token_env", config.discord.token_env))
+    for key, env in needed:
+        if env and not config.secrets.get(env):
+            problems.add(
+                file,
+                key,
+                f"the environment variable {env} is not set (nor in .env); `vigil run` needs it",
+                warning=True,
+            )
+
+
+def _unique(file: str, key: str, values: list[str], problems: Problems) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            problems.add(file, key, f"{value!r} appears more than once")
+        seen.add(value)
+
+
+def missing_secrets(config: Config) -> list[str]:
+    """Environment variables the running service needs and does not have."""
+    wanted = [s.webhook_secret_env for s in config.sources]
+    wanted += [s.api_key_env for s in config.sources if s.api_key_env]
+    wanted += [s.callback_secret_env for s in config.sources if s.callback_secret_env]
+    if config.matrix:
+        wanted.append(config.matrix.access_token_env or config.matrix.password_env or "")
+    if config.discord:
+        wanted.append(config.discord.token_env)
+    if config.service.check_token_env:
+        wanted.append(config.service.check_token_env)
+    return [env for env in wanted if env and not config.secrets.get(env)]

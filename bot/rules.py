@@ -1,0 +1,325 @@
+"""The admin's rules files: hash lists to check against, and rules that decide.
+
+Every ``*.toml`` in the rules directory may declare ``[[list]]`` and ``[[rule]]``
+tables. A rule is conditions (all must hold) and consequences (severity, forum
+actions, whether and where to alert). When several rules fire for one event their
+consequences merge: the harshest severity wins and the actions add up.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from bot.config import Config
+from bot.config import read_toml as _read_toml
+from bot.model import Event, EventKind, Match, ReportKind, Severity
+from bot.schema import Problems, Table
+
+HASH_KINDS = ("sha256", "sha1", "md5", "pdq", "phash", "dhash")
+PERCEPTUAL_KINDS = ("pdq", "phash", "dhash")
+LIST_FORMATS = (
+    "plain",
+    "threatexchange_csv",
+    "hma_csv",
+    "stopncii_json",
+    "tcap_json",
+    "ncmec_xml",
+)
+# Default radii. PDQ 31 is Meta's published threshold. For the 64-bit hashes, 8 bits
+# (12.5%) keeps recompression and resizing in and distinct pictures out on the
+# generated corpus; see docs/hashing.md for the measurement.
+DEFAULT_MAX_DISTANCE = {"pdq": 31, "phash": 8, "dhash": 8}
+MAX_ALLOWED_DISTANCE = {"pdq": 64, "phash": 16, "dhash": 16}
+FORUM_ACTIONS = ("hide", "delete", "suspend", "silence")
+VERDICTS = ("allow", "hold", "block")
+
+
+@dataclass(frozen=True, slots=True)
+class ListSpec:
+    """A hash list as declared in a rules file."""
+
+    name: str
+    file: Path
+    format: str
+    kinds: tuple[str, ...]
+    max_distance: dict[str, int]
+    severity: Severity
+    category: str | None
+    dihedral: bool = True
+    allow: bool = False  # an allow-list of known false positives: overrides any match
+    verdict: str = "block"  # what /v1/check answers for an upload on this list
+    declared_in: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """When a rule applies; None means "any"."""
+
+    events: tuple[EventKind, ...] = ()
+    sources: tuple[str, ...] = ()
+    lists: tuple[str, ...] | None = None  # "*" matches any list
+    categories: tuple[str, ...] | None = None
+    has_images: bool | None = None
+    account_younger_than_s: float | None = None
+    trust_level_below: int | None = None
+    report_kinds: tuple[ReportKind, ...] | None = None
+    text_pattern: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Conditions and what follows when they hold."""
+
+    name: str
+    when: Conditions
+    severity: Severity = Severity.MEDIUM
+    actions: tuple[str, ...] = ()
+    alert: bool = True
+    room: str | None = None
+    description: str = ""
+    declared_in: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """All rules files, loaded."""
+
+    lists: tuple[ListSpec, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    files: tuple[Path, ...] = ()
+
+    def list(self, name: str) -> ListSpec | None:
+        """The list called ``name``, if declared."""
+        return next((s for s in self.lists if s.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The merged consequences of every rule that fired for one event."""
+
+    rules: tuple[str, ...] = ()
+    severity: Severity | None = None
+    actions: tuple[str, ...] = ()
+    alert: bool = False
+    room: str | None = None
+    matches: tuple[Match, ...] = field(default=())
+
+    @property
+    def fired(self) -> bool:
+        """Whether any rule applied."""
+        return bool(self.rules)
+
+
+def load_rules(rules_dir: Path, config: Config, problems: Problems) -> RuleSet:
+    """Read every ``*.toml`` in ``rules_dir``; each problem names file and key."""
+    if not rules_dir.is_dir():
+        problems.add(str(rules_dir), "", "rules directory not found")
+        return RuleSet()
+    files = tuple(sorted(rules_dir.glob("*.toml")))
+    lists: list[ListSpec] = []
+    rules: list[Rule] = []
+    for path in files:
+        data = _read_toml(path, problems)
+        if data is None:
+            continue
+        root = Table(data, str(path), "", problems)
+        lists += [s for s in (_list(t, config) for t in root.tables("list")) if s]
+        rules += [r for r in (_rule(t) for t in root.tables("rule")) if r]
+        root.finish()
+    ruleset = RuleSet(tuple(lists), tuple(rules), files)
+    _cross_check(ruleset, config, problems)
+    return ruleset
+
+
+def _list(t: Table, config: Config) -> ListSpec | None:
+    name = t.str("name")
+    file = t.str("file")
+    fmt = t.choice("format", LIST_FORMATS, "plain")
+    kinds = t.str_list("kinds", HASH_KINDS, HASH_KINDS)
+    distances: dict[str, int] = dict(DEFAULT_MAX_DISTANCE)
+    dist_t = t.table("max_distance")
+    if dist_t is not None:
+        for kind in PERCEPTUAL_KINDS:
+            value = dist_t.int(kind, None, 0, MAX_ALLOWED_DISTANCE[kind])
+            if value is not None:
+                distances[kind] = value
+        dist_t.finish()
+    severity = t.choice("severity", [s.value for s in Severity], "high")
+    category = t.str("category", None)
+    dihedral = t.bool("dihedral", True)
+    allow = t.bool("allow", False)
+    verdict = t.choice("verdict", VERDICTS, "allow" if allow else "block")
+    t.finish()
+    if not (name and file):
+        return None
+    path = config.path.parent / file
+    if not path.is_file():
+        t.error("file", f"{path} not found; expected a hash list file")
+    return ListSpec(
+        name=name,
+        file=path,
+        format=fmt or "plain",
+        kinds=kinds or HASH_KINDS,
+        max_distance=distances,
+        severity=Severity(severity or "high"),
+        category=category,
+        dihedral=bool(dihedral),
+        allow=bool(allow),
+        verdict=verdict or "block",
+        declared_in=t.file,
+    )
+
+
+def _rule(t: Table) -> Rule | None:
+    name = t.str("name")
+    description = t.str("description", "")
+    when_t = t.table("when")
+    when = _conditions(when_t) if when_t is not None else Conditions()
+    severity = t.choice("severity", [s.value for s in Severity], "medium")
+    actions = t.str_list("actions", (), FORUM_ACTIONS)
+    alert = t.bool("alert", True)
+    room = t.str("room", None)
+    t.finish()
+    if not name:
+        return None
+    return Rule(
+        name=name,
+        when=when,
+        severity=Severity(severity or "medium"),
+        actions=actions or (),
+        alert=bool(alert),
+        room=room,
+        description=description or "",
+        declared_in=t.file,
+    )
+
+
+def _conditions(t: Table) -> Conditions:
+    events = t.str_list("events", (), [k.value for k in EventKind])
+    sources = t.str_list("sources", ())
+    lists = t.str_list("lists", None)
+    categories = t.str_list("categories", None)
+    has_images = t.bool("has_images", None)
+    younger = t.duration("account_younger_than", None)
+    trust = t.int("trust_level_below", None, 0, 5)
+    report_kinds = t.str_list("report_kinds", None, [k.value for k in ReportKind])
+    pattern_text = t.str("text_matches", None, "a regular expression")
+    pattern = None
+    if pattern_text is not None:
+        try:
+            pattern = re.compile(pattern_text, re.IGNORECASE)
+        except re.error as exc:
+            t.error("text_matches", f"not a valid regular expression: {exc}")
+    t.finish()
+    return Conditions(
+        events=tuple(EventKind(e) for e in events or ()),
+        sources=sources or (),
+        lists=lists,
+        categories=categories,
+        has_images=has_images,
+        account_younger_than_s=younger,
+        trust_level_below=trust,
+        report_kinds=tuple(ReportKind(k) for k in report_kinds) if report_kinds else None,
+        text_pattern=pattern,
+    )
+
+
+def _cross_check(ruleset: RuleSet, config: Config, problems: Problems) -> None:
+    seen: dict[str, str] = {}
+    for spec in ruleset.lists:
+        if spec.name in seen:
+            problems.add(spec.declared_in, "list", f"list {spec.name!r} is declared twice")
+        seen[spec.name] = spec.declared_in
+    rule_names: set[str] = set()
+    room_names = {r.name for r in config.rooms}
+    source_names = {s.name for s in config.sources}
+    for rule in ruleset.rules:
+        where = f"rule {rule.name!r}"
+        if rule.name in rule_names:
+            problems.add(rule.declared_in, "rule", f"{where} is declared twice")
+        rule_names.add(rule.name)
+        for name in rule.when.lists or ():
+            if name != "*" and name not in seen:
+                problems.add(
+                    rule.declared_in,
+                    f"{where}.when.lists",
+                    f"no list called {name!r}; declared lists: {', '.join(sorted(seen)) or 'none'}",
+                )
+        for name in rule.when.sources:
+            if name not in source_names:
+                problems.add(
+                    rule.declared_in,
+                    f"{where}.when.sources",
+                    f"no source called {name!r} in bot.toml",
+                )
+        if rule.room is not None and rule.room not in room_names:
+            problems.add(
+                rule.declared_in,
+                f"{where}.room",
+                f"no room called {rule.room!r} in bot.toml; rooms: {', '.join(sorted(room_names)) or 'none'}",
+            )
+        if rule.alert and rule.room is None and not config.rooms:
+            problems.add(
+                rule.declared_in, f"{where}.alert", "the rule alerts but bot.toml has no [[room]]"
+            )
+
+
+def evaluate(ruleset: RuleSet, event: Event, matches: Sequence[Match], now: datetime) -> Decision:
+    """Every rule that applies to ``event`` (with its hash ``matches``), merged."""
+    fired: list[Rule] = [r for r in ruleset.rules if _applies(r.when, event, matches, now)]
+    if not fired:
+        return Decision(matches=tuple(matches))
+    severity = max((r.severity for r in fired), key=lambda s: s.rank)
+    actions: list[str] = []
+    for rule in fired:
+        actions += [a for a in rule.actions if a not in actions]
+    alerting = [r for r in fired if r.alert]
+    # The room of the most severe alerting rule; the first such rule on a tie.
+    room = None
+    if alerting:
+        top = max(alerting, key=lambda r: r.severity.rank)
+        room = top.room
+    return Decision(
+        rules=tuple(r.name for r in fired),
+        severity=severity,
+        actions=tuple(actions),
+        alert=bool(alerting),
+        room=room,
+        matches=tuple(matches),
+    )
+
+
+def _applies(c: Conditions, event: Event, matches: Sequence[Match], now: datetime) -> bool:
+    if c.events and event.kind not in c.events:
+        return False
+    if c.sources and event.source not in c.sources:
+        return False
+    if c.lists is not None:
+        wanted = set(c.lists)
+        if not any("*" in wanted or m.list in wanted for m in matches):
+            return False
+    if c.categories is not None and not any(m.category in c.categories for m in matches):
+        return False
+    post = event.post
+    if c.has_images is not None and bool(post and post.media) != c.has_images:
+        return False
+    author = event.author
+    if c.account_younger_than_s is not None:
+        if author is None or author.created_at is None:
+            return False
+        if (now - author.created_at).total_seconds() >= c.account_younger_than_s:
+            return False
+    if c.trust_level_below is not None:
+        if author is None or author.trust_level is None:
+            return False
+        if author.trust_level >= c.trust_level_below:
+            return False
+    if c.report_kinds is not None and (
+        event.report is None or event.report.kind not in c.report_kinds
+    ):
+        return False
+    return not (c.text_pattern is not None and not (post and c.text_pattern.search(post.text)))
