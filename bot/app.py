@@ -1,0 +1,246 @@
+"""App wiring: the one aiohttp server, the store, the inbox writer, the pipeline.
+
+This is the only core module that names adapters, and it imports them lazily, by
+the kind of each configured source, so the core stays free of forum and chat code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from bot import metrics
+from bot.clock import Clock, SystemClock
+from bot.config import Config, SourceConfig, SourceKind
+from bot.ingest import GroupCommitter, Ingest, WebhookSource
+from bot.pipeline import Pipeline, Stage
+from bot.ports import WebhookParser
+from bot.rules import RuleSet, load_rules
+from bot.schema import Problems
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def make_parser(source: SourceConfig) -> WebhookParser:
+    """The webhook parser for a source's kind (imported only when configured)."""
+    if source.kind == SourceKind.DISCOURSE:
+        from adapters.discourse_webhooks import DiscourseParser
+
+        return DiscourseParser(trusted_upload_hosts=source.media_hosts)
+    from adapters.generic_webhooks import GenericParser
+
+    return GenericParser()
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A configuration and its rules, both free of errors."""
+
+    config: Config
+    rules: RuleSet
+    problems: Problems
+
+
+def load_everything(config_path: Path) -> tuple[Loaded | None, Problems]:
+    """Load ``bot.toml`` and every rules file; None when anything has an error."""
+    problems = Problems()
+    from bot.config import load_config
+
+    config = load_config(config_path, problems)
+    if config is None:
+        return None, problems
+    rules = load_rules(config.service.rules_dir, config, problems)
+    if problems.errors:
+        return None, problems
+    return Loaded(config, rules, problems), problems
+
+
+class RulesWatcher:
+    """Reloads the rules when a file in the rules directory (or a list file) changes."""
+
+    def __init__(self, app: App, interval_s: float = 2.0) -> None:
+        self.app = app
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._fingerprint = self._scan()
+
+    def _scan(self) -> tuple[tuple[str, int, int], ...]:
+        paths = set(self.app.config.service.rules_dir.glob("*.toml"))
+        paths |= {spec.file for spec in self.app.rules.lists}
+        out = []
+        for p in sorted(paths):
+            try:
+                st = p.stat()
+                out.append((str(p), st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((str(p), -1, -1))
+        return tuple(out)
+
+    def start(self) -> None:
+        """Start polling (cheap: a stat per file every couple of seconds)."""
+        self._task = asyncio.create_task(self._run(), name="rules-watcher")
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            now = self._scan()
+            if now != self._fingerprint:
+                self._fingerprint = now
+                await self.app.reload_rules()
+                self._fingerprint = self._scan()
+
+
+class App:
+    """A running Vigil: build with a config and rules, then ``start``/``stop``."""
+
+    def __init__(
+        self,
+        config: Config,
+        rules: RuleSet,
+        *,
+        clock: Clock | None = None,
+        stages: Callable[[App], list[Stage]] | None = None,
+        watch_rules: bool = True,
+    ) -> None:
+        self.config = config
+        self.rules = rules
+        self.clock = clock or SystemClock()
+        self._stage_factory = stages or default_stages
+        self.watch_rules = watch_rules
+        self.store: Store | None = None
+        self.committer: GroupCommitter | None = None
+        self.pipeline: Pipeline | None = None
+        self.ingest: Ingest | None = None
+        self.runner: web.AppRunner | None = None
+        self.watcher: RulesWatcher | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        """Open the store, start the writer and workers, then listen for webhooks."""
+        cfg = self.config
+        self.store = await Store.open(cfg.store.path, synchronous=cfg.store.synchronous)
+        self.pipeline = Pipeline(self.store, self._stage_factory(self), cfg.pipeline, self.clock)
+        self.committer = GroupCommitter(
+            self.store, self.clock, cfg.ingest.commit_max_batch, on_commit=self.pipeline.wake
+        )
+        self.committer.start()
+        sources = {
+            s.name: WebhookSource(
+                s, make_parser(s), (cfg.secret(s.webhook_secret_env) or "").encode()
+            )
+            for s in cfg.sources
+        }
+        self.ingest = Ingest(sources, self.committer, cfg.ingest.max_body_bytes)
+        self.pipeline.start()
+        # In-flight requests only wait for a commit; a few seconds is plenty to drain them.
+        self.runner = web.AppRunner(self.web_app(), access_log=None, shutdown_timeout=3.0)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, cfg.service.host, cfg.service.port)
+        await site.start()
+        self.port = self._bound_port()
+        if self.watch_rules:
+            self.watcher = RulesWatcher(self)
+            self.watcher.start()
+        log.info(
+            "vigil listening on %s:%s with %d sources, %d rules, %d lists%s",
+            cfg.service.host,
+            self.port,
+            len(cfg.sources),
+            len(self.rules.rules),
+            len(self.rules.lists),
+            " (dry run)" if cfg.service.dry_run else "",
+        )
+
+    def _bound_port(self) -> int | None:
+        assert self.runner is not None
+        for addr in self.runner.addresses:
+            if isinstance(addr, tuple) and len(addr) >= 2:
+                return int(addr[1])
+        return None
+
+    def web_app(self) -> web.Application:
+        """The aiohttp application with every route of DESIGN §5."""
+        assert self.ingest is not None
+        # The body limit is enforced by the handler with a clear 413; aiohttp's own
+        # limit sits just above it so oversized chunked bodies stop being read early.
+        app = web.Application(client_max_size=self.config.ingest.max_body_bytes + 1)
+        app.add_routes(self.ingest.routes())
+        app.add_routes([web.get("/healthz", self.healthz), web.get("/metrics", self.metrics)])
+        return app
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        """Database reachable, inbox backlog, newest event per source, open problems."""
+        assert self.store is not None
+        body: dict[str, object] = {"status": "ok"}
+        status = 200
+        try:
+            counts = await self.store.inbox_counts()
+            last = await self.store.last_event_at()
+            problems = await self.store.open_problems()
+        except Exception as exc:  # the health check must answer even when the DB does not
+            return web.json_response(
+                {"status": "error", "database": f"unavailable: {type(exc).__name__}"}, status=503
+            )
+        now = self.clock.now()
+        metrics.INBOX_PENDING.set(counts.get("pending", 0))
+        body["database"] = "ok"
+        body["inbox"] = counts
+        body["last_event_age_s"] = {s: round(now - t, 1) for s, t in last.items()}
+        body["open_problems"] = len(problems)
+        if counts.get("parked", 0):
+            body["status"] = "degraded"
+            status = 503
+        return web.json_response(body, status=status)
+
+    async def metrics(self, _request: web.Request) -> web.Response:
+        """Prometheus text format."""
+        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def reload_rules(self) -> bool:
+        """Load the rules again; keep the old ones if the new ones have errors."""
+        problems = Problems()
+        new = load_rules(self.config.service.rules_dir, self.config, problems)
+        if problems.errors:
+            metrics.RULES_RELOADS.labels("rejected").inc()
+            detail = "; ".join(str(p) for p in problems.errors)
+            log.error("rules reload rejected, the rules in force stay in force: %s", detail)
+            if self.store is not None:
+                await self.store.add_problem("rules_rejected", "rules", detail, self.clock.now())
+            return False
+        self.rules = new
+        metrics.RULES_RELOADS.labels("applied").inc()
+        log.info("rules reloaded: %d rules, %d lists", len(new.rules), len(new.lists))
+        return True
+
+    async def stop(self) -> None:
+        """Stop taking deliveries, commit what was accepted, drain the workers, close."""
+        if self.watcher:
+            await self.watcher.stop()
+        if self.runner:
+            await self.runner.cleanup()
+        if self.committer:
+            await self.committer.close()
+        if self.pipeline:
+            await self.pipeline.stop()
+        if self.store:
+            await self.store.close()
+        log.info("vigil stopped")
+
+
+def default_stages(app: App) -> list[Stage]:
+    """The stages of a running service, in order."""
+    from bot.stages import RulesStage
+
+    return [RulesStage(lambda: app.rules)]

@@ -1,0 +1,157 @@
+"""The ``vigil`` command (also ``python -m bot``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TextIO
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "bot.toml"
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("VIGIL_CONFIG", DEFAULT_CONFIG)),
+        help="path to bot.toml (default: $VIGIL_CONFIG or ./bot.toml)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="vigil", description="Vigil, a moderation assistant.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("run", help="run the service")
+    _config_arg(p)
+    p = sub.add_parser("check", help="validate bot.toml and every rules file")
+    _config_arg(p)
+    p = sub.add_parser("hash", help="print the hashes of image files as JSON lines")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = sub.add_parser("hashlist", help="import a hash list file or show its statistics")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        return check(args.config, sys.stdout)
+    if args.command == "run":
+        return run(args.config)
+    if args.command == "hash":
+        from bot.hashing import hash_paths
+
+        return hash_paths(args.paths, sys.stdout)
+    if args.command == "hashlist":
+        from bot.hashlists import hashlist_command
+
+        return hashlist_command(args.args, sys.stdout, sys.stderr)
+    return 2
+
+
+def check(config_path: Path, out: TextIO) -> int:
+    """``vigil check``: every problem at once, or a one-screen summary."""
+    from bot.app import load_everything
+
+    loaded, problems = load_everything(config_path)
+    for problem in problems.items:
+        print(problem, file=out)
+    if loaded is None:
+        n = len(problems.errors)
+        print(f"\n{n} error{'s' if n != 1 else ''}; Vigil would not start.", file=out)
+        return 1
+    cfg, rules = loaded.config, loaded.rules
+    print(f"{cfg.path}: OK", file=out)
+    print(
+        f"  service   {cfg.service.host}:{cfg.service.port}, database {cfg.store.path}"
+        f"{', DRY RUN' if cfg.service.dry_run else ''}",
+        file=out,
+    )
+    for s in cfg.sources:
+        hosts = ", ".join(s.media_hosts) or "none"
+        print(
+            f"  source    {s.name} ({s.kind}) {s.base_url or '-'}; media hosts: {hosts}", file=out
+        )
+    for r in cfg.rooms:
+        where = ", ".join(
+            x
+            for x in (r.matrix and f"matrix {r.matrix}", r.discord and f"discord {r.discord}")
+            if x
+        )
+        print(f"  room      {r.name}: {where}", file=out)
+    roles: dict[str, list[str]] = {}
+    for person in cfg.staff:
+        roles.setdefault(person.role.value, []).append(person.name)
+    for role, names in roles.items():
+        print(f"  staff     {role}: {', '.join(names)}", file=out)
+    for spec in rules.lists:
+        kind = "allow-list" if spec.allow else f"{spec.severity} {spec.category or ''}".strip()
+        print(f"  list      {spec.name} ({spec.format}, {kind}) {spec.file}", file=out)
+    for rule in rules.rules:
+        acts = ", ".join(rule.actions) or "no forum action"
+        print(
+            f"  rule      {rule.name}: {rule.severity}, {acts}"
+            f"{', alert ' + (rule.room or 'default room') if rule.alert else ''}",
+            file=out,
+        )
+    print(f"  files     {len(rules.files)} rules file(s) in {cfg.service.rules_dir}", file=out)
+    return 0
+
+
+def run(config_path: Path) -> int:
+    """``vigil run``: the service, until SIGTERM or Ctrl-C."""
+    from bot.app import load_everything
+    from bot.config import missing_secrets
+    from bot.logs import setup_logging
+
+    loaded, problems = load_everything(config_path)
+    if loaded is None:
+        for problem in problems.items:
+            print(problem, file=sys.stderr)
+        print("vigil: not starting; run `vigil check` for the full report.", file=sys.stderr)
+        return 1
+    missing = missing_secrets(loaded.config)
+    if missing:
+        print(
+            "vigil: not starting; set these environment variables (or put them in "
+            f"{loaded.config.path.parent / '.env'}): {', '.join(missing)}",
+            file=sys.stderr,
+        )
+        return 1
+    setup_logging(loaded.config.service.log_level, loaded.config.service.log_format)
+    for warning in problems.warnings:
+        log.warning("%s", warning)
+    return asyncio.run(_serve(loaded))
+
+
+async def _serve(loaded: object) -> int:
+    from bot.app import App, Loaded
+
+    assert isinstance(loaded, Loaded)
+    app = App(loaded.config, loaded.rules)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(app.reload_rules()))
+    await app.start()
+    await stop.wait()
+    log.info("shutting down: draining in-flight work")
+    await app.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
