@@ -131,6 +131,9 @@ class App:
         """Open the store, start the writer and workers, then listen for webhooks."""
         cfg = self.config
         self.store = await Store.open(cfg.store.path, synchronous=cfg.store.synchronous)
+        released = await self.store.release_claims()
+        if released:
+            log.warning("resuming %d events left in progress by a previous run", released)
         self.pipeline = Pipeline(self.store, self._stage_factory(self), cfg.pipeline, self.clock)
         self.committer = GroupCommitter(
             self.store, self.clock, cfg.ingest.commit_max_batch, on_commit=self.pipeline.wake

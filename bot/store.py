@@ -330,6 +330,18 @@ class Store:
             return None
         return ClaimedEvent(row[0], row[1], row[2], json.loads(row[3]), row[4])
 
+    async def release_claims(self) -> int:
+        """Return every leased event to pending; run at start, when no worker of ours holds any.
+
+        One Vigil process owns a database, so leases found at start belong to a process
+        that died: waiting out their lease would only delay those events.
+        """
+        async with self._lock:
+            cur = await self.db.execute(
+                "UPDATE inbox SET state = 'pending', lease_until = NULL WHERE state = 'processing'"
+            )
+            return cur.rowcount
+
     async def finish_event(self, event_id: int, now: float) -> None:
         """Mark an event processed."""
         await self._run(
