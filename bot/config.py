@@ -74,6 +74,7 @@ class PipelineConfig:
     """The workers that process the inbox."""
 
     workers: int = 2
+    claim_batch: int = 16
     max_attempts: int = 6
     retry_base_s: float = 2.0
     retry_max_s: float = 600.0
@@ -89,6 +90,14 @@ class MediaConfig:
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 10.0
     total_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    """How alerts are grouped and how long a confirmation stays open."""
+
+    group_window_s: float = 600.0  # later events of the same author join an open alert
+    confirm_window_s: float = 120.0  # a 🔨 (suspend) must be confirmed within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +165,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     sources: tuple[SourceConfig, ...] = ()
     rooms: tuple[RoomConfig, ...] = ()
     matrix: MatrixConfig | None = None
@@ -195,6 +205,7 @@ TOP_LEVEL = (
     "ingest",
     "pipeline",
     "media",
+    "alerts",
     "source",
     "room",
     "matrix",
@@ -242,6 +253,7 @@ def load_config(path: Path, problems: Problems) -> Config | None:
     ingest = _ingest(root.table("ingest"))
     pipeline = _pipeline(root.table("pipeline"))
     media = _media(root.table("media"))
+    alerts = _alerts(root.table("alerts"))
     sources = tuple(s for s in (_source(t) for t in root.tables("source")) if s)
     rooms = tuple(r for r in (_room(t) for t in root.tables("room")) if r)
     matrix_t = root.table("matrix")
@@ -258,6 +270,7 @@ def load_config(path: Path, problems: Problems) -> Config | None:
         ingest=ingest,
         pipeline=pipeline,
         media=media,
+        alerts=alerts,
         sources=sources,
         rooms=rooms,
         matrix=matrix,
@@ -315,6 +328,7 @@ def _pipeline(t: Table | None) -> PipelineConfig:
         return PipelineConfig()
     cfg = PipelineConfig(
         workers=t.int("workers", 2, 1, 64),
+        claim_batch=t.int("claim_batch", 16, 1, 1000),
         max_attempts=t.int("max_attempts", 6, 1, 100),
         retry_base_s=t.duration("retry_base", "2s"),
         retry_max_s=t.duration("retry_max", "10m"),
@@ -333,6 +347,17 @@ def _media(t: Table | None) -> MediaConfig:
         connect_timeout_s=t.duration("connect_timeout", "5s"),
         read_timeout_s=t.duration("read_timeout", "10s"),
         total_timeout_s=t.duration("total_timeout", "30s"),
+    )
+    t.finish()
+    return cfg
+
+
+def _alerts(t: Table | None) -> AlertsConfig:
+    if t is None:
+        return AlertsConfig()
+    cfg = AlertsConfig(
+        group_window_s=t.duration("group_window", "10m"),
+        confirm_window_s=t.duration("confirm_window", "2m"),
     )
     t.finish()
     return cfg
@@ -381,7 +406,12 @@ def _room(t: Table) -> RoomConfig | None:
         str,
         "a Matrix room id (!id:server) or alias (#name:server)",
         None,
-        lambda v: None if v[:1] in "!#" and ":" in v else f"{v!r} is not a room id or alias",
+        # Room version 12 ids are "!" and a hash, without ":server"; aliases keep theirs.
+        lambda v: (
+            None
+            if (v[:1] == "!" and len(v) > 1) or (v[:1] == "#" and ":" in v)
+            else f"{v!r} is not a room id or alias"
+        ),
     )
     discord = _snowflake(t, "discord", "a Discord channel id")
     t.finish()

@@ -10,7 +10,7 @@ boundary, so nothing downstream can leak it into a chat room or a log line.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -111,7 +111,7 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; datetimes become ISO 8601 strings."""
-        return _jsonable(asdict(self))
+        return _jsonable(self)
 
     @property
     def author(self) -> Author | None:
@@ -122,6 +122,13 @@ class Event:
 
 
 def _jsonable(value: Any) -> Any:
+    # A direct walk: dataclasses.asdict deep-copies every value, and this runs once
+    # per webhook on the ingest path, where it was the costliest step.
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    fields = getattr(type(value), "__dataclass_fields__", None)
+    if fields is not None:
+        return {name: _jsonable(getattr(value, name)) for name in fields}
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict):

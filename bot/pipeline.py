@@ -86,11 +86,27 @@ class Pipeline:
         self._tasks.clear()
 
     async def run_once(self) -> bool:
-        """Claim and process one ready event; False when none was ready (for tests)."""
-        claimed = await self.store.claim_event(self.clock.now(), self.config.lease_s)
-        if claimed is None:
+        """Claim a batch of ready events and process them; False when none was ready."""
+        batch = await self.store.claim_events(
+            self.clock.now(), self.config.lease_s, self.config.claim_batch
+        )
+        if not batch:
             return False
-        await self._process(claimed)
+        done: list[int] = []
+        leased_at = self.clock.now()
+        for i, claimed in enumerate(batch):
+            # A long batch renews the leases of the events still waiting in it, so no
+            # other worker takes them for abandoned.
+            if self.clock.now() - leased_at > self.config.lease_s / 2:
+                leased_at = self.clock.now()
+                waiting = [c.id for c in batch[i:]]
+                await self.store.extend_leases(waiting, leased_at + self.config.lease_s)
+            if await self._process(claimed):
+                done.append(claimed.id)
+        # One statement for the whole batch; a crash before it only means the batch
+        # runs again, which idempotent stages allow.
+        await self.store.finish_events(done, self.clock.now())
+        metrics.EVENTS_PROCESSED.labels("done").inc(len(done))
         return True
 
     async def _worker(self, index: int) -> None:
@@ -117,13 +133,14 @@ class Pipeline:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=timeout)
 
-    async def _process(self, claimed: ClaimedEvent) -> None:
+    async def _process(self, claimed: ClaimedEvent) -> bool:
+        """Run the stages; True when the event is done (retries and parking are handled here)."""
         try:
             event = event_from_dict(claimed.payload)
         except (KeyError, TypeError, ValueError) as exc:
             # A row we cannot read will not get better with retries.
             await self._park(claimed, f"stored event is unreadable: {exc!r}")
-            return
+            return False
         ctx = EventContext(claimed.id, event, claimed.attempts, self.clock.now())
         stage_name = ""
         try:
@@ -155,12 +172,11 @@ class Pipeline:
                 )
                 await self.store.retry_event(claimed.id, error, self.clock.now() + delay)
                 metrics.EVENTS_PROCESSED.labels("retried").inc()
-            return
-        await self.store.finish_event(claimed.id, self.clock.now())
-        metrics.EVENTS_PROCESSED.labels("done").inc()
+            return False
         log.debug(
             "event %d done kind=%s at=%s", claimed.id, event.kind, as_datetime(ctx.now).isoformat()
         )
+        return True
 
     async def _park(self, claimed: ClaimedEvent, error: str) -> None:
         await self.store.park_event(claimed.id, error, self.clock.now())

@@ -150,9 +150,109 @@ MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL
     );
     """,
+    # 2: image hash checks: what each image of an event gave, and the local bank
+    """
+    CREATE TABLE media_results (
+        event_id INTEGER NOT NULL REFERENCES inbox(id),
+        media_index INTEGER NOT NULL,
+        url TEXT,  -- as fetched, without query string or fragment
+        sha1_hint TEXT,  -- the SHA-1 the forum named before any download
+        sha256 TEXT,
+        sha1 TEXT,  -- of the bytes fetched (a repost of the same upload reuses the hashes)
+        hashes TEXT,  -- JSON of every hash; the image bytes are never stored
+        reason TEXT,  -- why the image was not hashed (refused, broken, not fetched)
+        allowed_by TEXT,  -- the allow-list that cleared it, if one did
+        at REAL NOT NULL,
+        PRIMARY KEY (event_id, media_index)
+    );
+    CREATE INDEX media_results_sha256 ON media_results (sha256);
+    CREATE INDEX media_results_sha1 ON media_results (sha1);
+
+    CREATE TABLE bank (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        added_by TEXT NOT NULL,
+        added_at REAL NOT NULL,
+        reason TEXT NOT NULL,
+        alert_id INTEGER,
+        UNIQUE (kind, value)
+    );
+    """,
+    # 3: alerts in chat: alert state for buttons, the forum-action journal, chat
+    # idempotency, confirmations; the outbox learns which alert a message belongs to
+    """
+    ALTER TABLE alerts ADD COLUMN version INTEGER NOT NULL DEFAULT 0;  -- compare-and-set
+    ALTER TABLE alerts ADD COLUMN acked_by TEXT;
+    ALTER TABLE alerts ADD COLUMN acked_at REAL;
+    ALTER TABLE alerts ADD COLUMN op TEXT;  -- the operation in progress while 'acting'
+    ALTER TABLE alerts ADD COLUMN op_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE alerts ADD COLUMN op_by TEXT;
+    ALTER TABLE alerts ADD COLUMN op_at REAL;
+    ALTER TABLE alerts ADD COLUMN prev_status TEXT;  -- where a failed operation returns to
+    ALTER TABLE alerts ADD COLUMN outcome TEXT;  -- the outcome line the alert shows
+    ALTER TABLE alerts ADD COLUMN rules TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE alerts ADD COLUMN dry_run INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX alerts_status ON alerts (status);
+
+    ALTER TABLE alert_events ADD COLUMN added_at REAL NOT NULL DEFAULT 0;
+    -- JSON: what to act on and what to show (no image, no IP, no email)
+    ALTER TABLE alert_events ADD COLUMN target TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE alert_events ADD COLUMN hidden INTEGER NOT NULL DEFAULT 0;  -- 1 hidden, 2 deleted
+    CREATE INDEX alert_events_event ON alert_events (event_id);
+
+    ALTER TABLE alert_messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'alert';  -- or 'confirm'
+    CREATE INDEX alert_messages_by_id ON alert_messages (chat, message_id);
+
+    ALTER TABLE outbox ADD COLUMN alert_id INTEGER;
+    ALTER TABLE outbox ADD COLUMN again INTEGER NOT NULL DEFAULT 0;  -- changed while sending
+    ALTER TABLE outbox ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;  -- part of the txn id
+    -- 0 alert posts, 1 edits and answers, 2 buttons: a new alert never waits behind buttons
+    ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX outbox_alert ON outbox (alert_id, chat, op);
+
+    CREATE TABLE forum_actions (
+        id INTEGER PRIMARY KEY,
+        dedupe_key TEXT NOT NULL UNIQUE,
+        alert_id INTEGER REFERENCES alerts(id),
+        event_id INTEGER,
+        source TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        action TEXT NOT NULL,  -- JSON of the ForumAction
+        actor TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        op_seq INTEGER NOT NULL DEFAULT 0,  -- 0: a rule's automatic action
+        state TEXT NOT NULL DEFAULT 'pending',  -- pending -> running -> done
+        requested_at REAL NOT NULL,
+        done_at REAL,
+        ok INTEGER,
+        simulated INTEGER,
+        detail TEXT
+    );
+    CREATE INDEX forum_actions_state ON forum_actions (state);
+    CREATE INDEX forum_actions_alert ON forum_actions (alert_id, op_seq);
+
+    CREATE TABLE chat_events (
+        chat TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (chat, event_id)
+    );
+
+    CREATE TABLE confirmations (
+        alert_id INTEGER NOT NULL REFERENCES alerts(id),
+        op TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        requested_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (alert_id, op)
+    );
+    """,
 )
 
 GENESIS_HASH = "0" * 64
+# Rows per INSERT statement: 6 parameters each, well under SQLite's 32,766 limit.
+_INSERT_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,42 +393,72 @@ class Store:
         """Insert a batch of deliveries in one transaction; True where a row is new.
 
         A delivery already stored (same source and delivery id) is left alone: that
-        is the dedupe of redelivered webhooks.
+        is the dedupe of redelivered webhooks. The batch is one multi-row statement,
+        which SQLite commits atomically on its own: one trip to the database thread
+        per batch keeps the acknowledgement latency low under load.
         """
         if not rows:
             return []
-        async with self.transaction() as db:
-            async with db.execute("SELECT COALESCE(MAX(id), 0) FROM inbox") as cur:
-                before = (await cur.fetchone())[0]
-            await db.executemany(
+        inserted_keys: set[tuple[str, str]] = set()
+        for start in range(0, len(rows), _INSERT_CHUNK):
+            chunk = rows[start : start + _INSERT_CHUNK]
+            values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+            params: list[Any] = []
+            for r in chunk:
+                params += (r.source, r.delivery_id, r.kind, now, r.payload, now)
+            # INSERT OR IGNORE ... RETURNING returns only the rows actually inserted.
+            sql = (
                 "INSERT OR IGNORE INTO inbox (source, delivery_id, kind, received_at, payload,"
-                " next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.source, r.delivery_id, r.kind, now, r.payload, now) for r in rows],
+                f" next_attempt_at) VALUES {values} RETURNING source, delivery_id"
             )
-            # The writer is the only inserter, so rows above the old maximum are this batch's.
-            async with db.execute(
-                "SELECT source, delivery_id FROM inbox WHERE id > ?", (before,)
-            ) as cur:
-                new = {(s, d) for s, d in await cur.fetchall()}
+            returned = await self._all(sql, params)
+            inserted_keys.update((s, d) for s, d in returned)
         inserted: list[bool] = []
         for r in rows:
             key = (r.source, r.delivery_id)
-            inserted.append(key in new)
-            new.discard(key)  # a second copy within the same batch is a duplicate
+            inserted.append(key in inserted_keys)
+            inserted_keys.discard(key)  # a second copy within the same batch is a duplicate
         return inserted
 
-    async def claim_event(self, now: float, lease_s: float) -> ClaimedEvent | None:
-        """Lease the oldest ready event: pending and due, or processing with a lapsed lease."""
-        row = await self._one(
+    async def claim_events(self, now: float, lease_s: float, limit: int = 1) -> list[ClaimedEvent]:
+        """Lease up to ``limit`` of the oldest ready events, in one statement.
+
+        Ready means pending and due, or processing with a lapsed lease (its worker died).
+        """
+        rows = await self._all(
             "UPDATE inbox SET state = 'processing', lease_until = ?, attempts = attempts + 1"
-            " WHERE id = (SELECT id FROM inbox WHERE (state = 'pending' AND next_attempt_at <= ?)"
-            " OR (state = 'processing' AND lease_until < ?) ORDER BY id LIMIT 1)"
+            " WHERE id IN (SELECT id FROM inbox WHERE (state = 'pending' AND next_attempt_at <= ?)"
+            " OR (state = 'processing' AND lease_until < ?) ORDER BY id LIMIT ?)"
             " RETURNING id, source, delivery_id, payload, attempts",
-            (now + lease_s, now, now),
+            (now + lease_s, now, now, limit),
         )
-        if row is None:
-            return None
-        return ClaimedEvent(row[0], row[1], row[2], json.loads(row[3]), row[4])
+        claimed = [ClaimedEvent(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
+        claimed.sort(key=lambda c: c.id)  # RETURNING order is unspecified
+        return claimed
+
+    async def claim_event(self, now: float, lease_s: float) -> ClaimedEvent | None:
+        """Lease the oldest ready event (see :meth:`claim_events`)."""
+        claimed = await self.claim_events(now, lease_s, 1)
+        return claimed[0] if claimed else None
+
+    async def extend_leases(self, event_ids: Sequence[int], lease_until: float) -> None:
+        """Keep events leased while their worker is still busy with them."""
+        if event_ids:
+            marks = ",".join("?" * len(event_ids))
+            await self._run(
+                f"UPDATE inbox SET lease_until = ? WHERE state = 'processing' AND id IN ({marks})",
+                [lease_until, *event_ids],
+            )
+
+    async def finish_events(self, event_ids: Sequence[int], now: float) -> None:
+        """Mark events processed, in one statement."""
+        if event_ids:
+            marks = ",".join("?" * len(event_ids))
+            await self._run(
+                "UPDATE inbox SET state = 'done', done_at = ?, lease_until = NULL, last_error = NULL"
+                f" WHERE id IN ({marks})",
+                [now, *event_ids],
+            )
 
     async def release_claims(self) -> int:
         """Return every leased event to pending; run at start, when no worker of ours holds any.
@@ -344,11 +474,7 @@ class Store:
 
     async def finish_event(self, event_id: int, now: float) -> None:
         """Mark an event processed."""
-        await self._run(
-            "UPDATE inbox SET state = 'done', done_at = ?, lease_until = NULL, last_error = NULL"
-            " WHERE id = ?",
-            (now, event_id),
-        )
+        await self.finish_events([event_id], now)
 
     async def retry_event(self, event_id: int, error: str, next_attempt_at: float) -> None:
         """Put an event back to be tried again later."""
@@ -391,7 +517,7 @@ class Store:
     async def events(self, source: str | None = None) -> list[dict[str, Any]]:
         """Every inbox row, oldest first (optionally of one source)."""
         where = " WHERE source = ?" if source else ""
-        sql = f"SELECT * FROM inbox{where} ORDER BY id"  # noqa: S608 - constant fragments
+        sql = f"SELECT * FROM inbox{where} ORDER BY id"
         return [dict(r) for r in await self._all(sql, (source,) if source else ())]
 
     async def last_event_at(self) -> dict[str, float]:
@@ -480,7 +606,892 @@ class Store:
             (key, value),
         )
 
+    # --- hash checks ---------------------------------------------------------------
+    # What each image of an event gave (hashes or the reason it gave none), the matches
+    # found, and the local bank. Never the image bytes.
+
+    async def save_media_result(
+        self,
+        event_id: int,
+        media_index: int,
+        *,
+        url: str | None,
+        sha1_hint: str | None,
+        sha256: str | None,
+        sha1: str | None,
+        hashes: str | None,
+        reason: str | None,
+        now: float,
+    ) -> None:
+        """Record (or, on a retry, replace) what one image of an event gave."""
+        await self._run(
+            "INSERT INTO media_results (event_id, media_index, url, sha1_hint, sha256, sha1,"
+            " hashes, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (event_id, media_index) DO UPDATE SET url = excluded.url,"
+            " sha1_hint = excluded.sha1_hint, sha256 = excluded.sha256, sha1 = excluded.sha1,"
+            " hashes = excluded.hashes, reason = excluded.reason, at = excluded.at",
+            (event_id, media_index, url, sha1_hint, sha256, sha1, hashes, reason, now),
+        )
+
+    async def media_results(self, event_id: int) -> list[dict[str, Any]]:
+        """Every recorded image of an event, by media index."""
+        rows = await self._all(
+            "SELECT * FROM media_results WHERE event_id = ? ORDER BY media_index", (event_id,)
+        )
+        return [dict(r) for r in rows]
+
+    async def hashes_by_sha1(self, sha1: str) -> str | None:
+        """The hashes JSON of an image already fetched whose bytes had this SHA-1."""
+        row = await self._one(
+            "SELECT hashes FROM media_results WHERE sha1 = ? AND hashes IS NOT NULL LIMIT 1",
+            (sha1,),
+        )
+        return row[0] if row else None
+
+    async def set_media_allowed(self, event_id: int, media_index: int, list_name: str) -> None:
+        """Note that an allow-list cleared one image of an event."""
+        await self._run(
+            "UPDATE media_results SET allowed_by = ? WHERE event_id = ? AND media_index = ?",
+            (list_name, event_id, media_index),
+        )
+
+    async def save_matches(self, event_id: int, matches: Sequence[Any]) -> None:
+        """Record an event's matches (``bot.model.Match``); a retry adds no duplicates."""
+        if not matches:
+            return
+        async with self.transaction() as db:
+            await db.executemany(
+                "INSERT OR IGNORE INTO matches (event_id, media_index, list, kind, distance,"
+                " category, tier) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (event_id, m.media_index, m.list, m.kind, m.distance, m.category, m.tier)
+                    for m in matches
+                ],
+            )
+
+    async def event_matches(self, event_id: int) -> list[dict[str, Any]]:
+        """The matches recorded for an event."""
+        rows = await self._all(
+            "SELECT media_index, list, kind, distance, category, tier FROM matches"
+            " WHERE event_id = ? ORDER BY media_index, list, kind",
+            (event_id,),
+        )
+        return [dict(r) for r in rows]
+
+    async def bank_insert(
+        self,
+        entries: Sequence[tuple[str, str]],
+        added_by: str,
+        reason: str,
+        alert_id: int | None,
+        now: float,
+    ) -> int:
+        """Add ``(kind, hex)`` pairs to the local bank; returns how many were new."""
+        if not entries:
+            return 0
+        async with self.transaction() as db:
+            before = db.total_changes
+            await db.executemany(
+                "INSERT OR IGNORE INTO bank (kind, value, added_by, added_at, reason, alert_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(k, v, added_by, now, reason, alert_id) for k, v in entries],
+            )
+            return db.total_changes - before
+
+    async def bank_entries(self) -> list[tuple[str, str]]:
+        """Every ``(kind, hex)`` in the local bank, oldest first."""
+        rows = await self._all("SELECT kind, value FROM bank ORDER BY id")
+        return [(r[0], r[1]) for r in rows]
+
+    async def bank_remove(self, kind: str, value: str) -> bool:
+        """Take one hash out of the local bank (a wrong takedown); True if it was there."""
+        async with self._lock:
+            cur = await self.db.execute(
+                "DELETE FROM bank WHERE kind = ? AND value = ?", (kind, value.lower())
+            )
+            return cur.rowcount > 0
+
+    # --- alerts and outbox ---------------------------------------------------------
+    # An alert's state, the forum-action journal and the chat outbox change together:
+    # each method below is one transaction, so a crash can never leave a decision whose
+    # messages or forum actions were not queued (the outbox pattern of GoAlert).
+
+    async def record_incident(self, new: NewIncident, now: float) -> IncidentResult:
+        """Attach an event to its open incident (or open one) and queue its messages and
+        automatic actions. A second call for the same event adds nothing."""
+        async with self.transaction() as db:
+            alert_id, created = None, False
+            if new.alert is not None:
+                alert_id, created = await self._incident_alert(db, new, now)
+            for action in new.actions:
+                await self._insert_action(db, action, alert_id, now)
+            keys = [a.dedupe_key for a in new.actions]
+            pending: list[int] = []
+            if keys:
+                marks = ",".join("?" * len(keys))
+                sql = (
+                    f"SELECT id FROM forum_actions WHERE dedupe_key IN ({marks})"  # noqa: S608
+                    " AND state = 'pending' ORDER BY id"
+                )
+                async with db.execute(sql, keys) as cur:
+                    pending = [r[0] for r in await cur.fetchall()]
+        return IncidentResult(alert_id, created, tuple(pending))
+
+    async def _incident_alert(
+        self, db: aiosqlite.Connection, new: NewIncident, now: float
+    ) -> tuple[int, bool]:
+        from bot.model import Severity  # the store needs only the order of severities
+
+        spec = new.alert
+        assert spec is not None
+        async with db.execute(
+            "SELECT alert_id FROM alert_events WHERE event_id = ?", (new.event_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is not None:
+            return int(row[0]), False
+        target = json.dumps(spec.target, sort_keys=True, ensure_ascii=False)
+        async with db.execute(
+            "SELECT id, severity, rules FROM alerts WHERE incident_key = ?"
+            " AND status IN ('open', 'acked') AND updated_at >= ? ORDER BY id DESC LIMIT 1",
+            (spec.incident_key, now - spec.group_window_s),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is not None:
+            alert_id = int(row[0])
+            severity = max(Severity(row[1]), Severity(spec.severity), key=lambda s: s.rank)
+            rules = list(json.loads(row[2]))
+            rules += [r for r in spec.rules if r not in rules]
+            await db.execute(
+                "UPDATE alerts SET count = count + 1, severity = ?, rules = ?, updated_at = ?,"
+                " version = version + 1 WHERE id = ?",
+                (severity.value, json.dumps(rules), now, alert_id),
+            )
+            await db.execute(
+                "INSERT INTO alert_events (alert_id, event_id, added_at, target) VALUES (?, ?, ?, ?)",
+                (alert_id, new.event_id, now, target),
+            )
+            await self._enqueue(db, OutboxItem("*", "edit_alert", alert_id=alert_id), now)
+            return alert_id, False
+        async with db.execute(
+            "INSERT INTO alerts (incident_key, source, severity, room, status, created_at,"
+            " updated_at, count, summary, rules, dry_run) VALUES (?, ?, ?, ?, 'open', ?, ?, 1, ?, ?, ?)"
+            " RETURNING id",
+            (
+                spec.incident_key,
+                spec.source,
+                spec.severity,
+                spec.room,
+                now,
+                now,
+                spec.summary,
+                json.dumps(list(spec.rules)),
+                int(spec.dry_run),
+            ),
+        ) as cur:
+            alert_id = int((await cur.fetchone())[0])
+        await db.execute(
+            "INSERT INTO alert_events (alert_id, event_id, added_at, target) VALUES (?, ?, ?, ?)",
+            (alert_id, new.event_id, now, target),
+        )
+        for chat, address in spec.rooms:
+            item = OutboxItem(
+                chat,
+                "post_alert",
+                {"room": address},
+                dedupe_key=f"post:{alert_id}:{chat}",
+                alert_id=alert_id,
+                delay_s=spec.hold_s,
+            )
+            await self._enqueue(db, item, now)
+        return alert_id, True
+
+    async def _insert_action(
+        self, db: aiosqlite.Connection, a: NewAction, alert_id: int | None, now: float
+    ) -> int | None:
+        async with db.execute(
+            "INSERT OR IGNORE INTO forum_actions (dedupe_key, alert_id, event_id, source, kind,"
+            " action, actor, reason, op_seq, requested_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " RETURNING id",
+            (
+                a.dedupe_key,
+                alert_id,
+                a.event_id,
+                a.source,
+                a.kind,
+                json.dumps(a.action, sort_keys=True),
+                a.actor,
+                a.reason,
+                a.op_seq,
+                now,
+            ),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else None
+
+    async def _enqueue(self, db: aiosqlite.Connection, item: OutboxItem, now: float) -> None:
+        due = now + item.delay_s
+        payload = json.dumps(item.payload or {}, sort_keys=True, ensure_ascii=False)
+        if item.op != "edit_alert":
+            priority = _OUTBOX_PRIORITY.get(item.op, 1)
+            await db.execute(
+                "INSERT OR IGNORE INTO outbox (dedupe_key, chat, op, payload, next_attempt_at,"
+                " created_at, alert_id, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (item.dedupe_key, item.chat, item.op, payload, due, now, item.alert_id, priority),
+            )
+            return
+        # An edit re-renders the alert when sent, so one row per alert and chat is enough:
+        # a change while it waits needs nothing, a change while it is on the wire sends
+        # it again, a change after it was sent re-arms it under a new transaction id. A
+        # chat whose first post is still waiting gets none: the post shows the latest.
+        async with db.execute(
+            "SELECT DISTINCT chat FROM outbox WHERE alert_id = ? AND op = 'post_alert'"
+            " AND state != 'pending' AND (? = '*' OR chat = ?)",
+            (item.alert_id, item.chat, item.chat),
+        ) as cur:
+            chats = [r[0] for r in await cur.fetchall()]
+        for chat in chats:
+            await db.execute(
+                "INSERT INTO outbox (dedupe_key, chat, op, payload, next_attempt_at, created_at,"
+                " alert_id) VALUES (?, ?, 'edit_alert', '{}', ?, ?, ?)"
+                " ON CONFLICT (dedupe_key) DO UPDATE SET"
+                " again = CASE WHEN state = 'sending' THEN 1 ELSE again END,"
+                " generation = CASE WHEN state IN ('sent', 'failed') THEN generation + 1"
+                "   ELSE generation END,"
+                " attempts = CASE WHEN state IN ('sent', 'failed') THEN 0 ELSE attempts END,"
+                " next_attempt_at = CASE WHEN state IN ('sent', 'failed')"
+                "   THEN excluded.next_attempt_at ELSE next_attempt_at END,"
+                " state = CASE WHEN state IN ('sent', 'failed') THEN 'pending' ELSE state END",
+                (f"edit:{item.alert_id}:{chat}", chat, due, now, item.alert_id),
+            )
+
+    async def _audit_in(self, db: aiosqlite.Connection, item: AuditItem, now: float) -> None:
+        """Append one audit entry inside the caller's transaction (same chain as append_audit)."""
+        detail_json = json.dumps(dict(item.detail or {}), sort_keys=True, ensure_ascii=False)
+        async with db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1") as cur:
+            row = await cur.fetchone()
+        prev = row[0] if row else GENESIS_HASH
+        digest = audit_hash(
+            prev,
+            now,
+            item.actor,
+            item.action,
+            item.target,
+            item.alert_id,
+            item.reason,
+            item.outcome,
+            detail_json,
+        )
+        await db.execute(
+            "INSERT INTO audit (at, actor, action, target, alert_id, reason, outcome, detail,"
+            " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                now,
+                item.actor,
+                item.action,
+                item.target,
+                item.alert_id,
+                item.reason,
+                item.outcome,
+                detail_json,
+                prev,
+                digest,
+            ),
+        )
+
+    async def apply_plan(self, plan: Plan, now: float) -> PlanResult:
+        """Apply a moderation decision atomically.
+
+        "duplicate" when the chat event was handled before (nothing is written);
+        "conflict" when the alert changed since the decision was made (nothing is
+        written; decide again on a fresh snapshot); else "applied".
+        """
+        try:
+            async with self.transaction() as db:
+                if plan.chat_event is not None:
+                    cur = await db.execute(
+                        "INSERT OR IGNORE INTO chat_events (chat, event_id, at) VALUES (?, ?, ?)",
+                        (*plan.chat_event, now),
+                    )
+                    if cur.rowcount == 0:
+                        return PlanResult("duplicate")
+                if plan.alert_id is not None and plan.expect_version is not None:
+                    async with db.execute(
+                        "SELECT version FROM alerts WHERE id = ?", (plan.alert_id,)
+                    ) as cur:
+                        row = await cur.fetchone()
+                    if row is None or row[0] != plan.expect_version:
+                        raise _Conflict
+                if plan.changes and plan.alert_id is not None:
+                    unknown = set(plan.changes) - _ALERT_SETTABLE
+                    if unknown:
+                        raise ValueError(f"not an alert column one may set: {sorted(unknown)}")
+                    names = sorted(plan.changes)
+                    assignments = ", ".join(f"{n} = ?" for n in names)
+                    await db.execute(
+                        f"UPDATE alerts SET {assignments}, version = version + 1"  # noqa: S608
+                        " WHERE id = ?",
+                        [plan.changes[n] for n in names] + [plan.alert_id],
+                    )
+                if plan.confirm is not None and plan.alert_id is not None:
+                    op, by, at, until = plan.confirm
+                    await db.execute(
+                        "INSERT OR REPLACE INTO confirmations (alert_id, op, requested_by,"
+                        " requested_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                        (plan.alert_id, op, by, at, until),
+                    )
+                if plan.clear_confirm is not None and plan.alert_id is not None:
+                    await db.execute(
+                        "DELETE FROM confirmations WHERE alert_id = ? AND op = ?",
+                        (plan.alert_id, plan.clear_confirm),
+                    )
+                ids = []
+                for action in plan.actions:
+                    new_id = await self._insert_action(db, action, plan.alert_id, now)
+                    if new_id is not None:
+                        ids.append(new_id)
+                for item in plan.outbox:
+                    await self._enqueue(db, item, now)
+                for entry in plan.audit:
+                    await self._audit_in(db, entry, now)
+        except _Conflict:
+            return PlanResult("conflict")
+        return PlanResult("applied", tuple(ids))
+
+    async def alert_snapshot(self, alert_id: int) -> AlertRecord | None:
+        """An alert with its posts, forum actions and open confirmations, read at once."""
+        async with self._lock:
+            async with self.db.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            async with self.db.execute(
+                "SELECT event_id, added_at, target, hidden FROM alert_events WHERE alert_id = ?"
+                " ORDER BY added_at, event_id",
+                (alert_id,),
+            ) as cur:
+                targets = await cur.fetchall()
+            async with self.db.execute(
+                "SELECT * FROM forum_actions WHERE alert_id = ? ORDER BY id", (alert_id,)
+            ) as cur:
+                actions = await cur.fetchall()
+            async with self.db.execute(
+                "SELECT op, requested_by, requested_at, expires_at FROM confirmations"
+                " WHERE alert_id = ?",
+                (alert_id,),
+            ) as cur:
+                confirms = await cur.fetchall()
+        return AlertRecord(
+            id=row["id"],
+            incident_key=row["incident_key"],
+            source=row["source"],
+            severity=row["severity"],
+            room=row["room"],
+            status=row["status"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            count=row["count"],
+            summary=row["summary"],
+            resolution=row["resolution"],
+            resolved_by=row["resolved_by"],
+            resolved_at=row["resolved_at"],
+            version=row["version"],
+            acked_by=row["acked_by"],
+            acked_at=row["acked_at"],
+            op=row["op"],
+            op_seq=row["op_seq"],
+            op_by=row["op_by"],
+            op_at=row["op_at"],
+            prev_status=row["prev_status"],
+            outcome=row["outcome"],
+            rules=tuple(json.loads(row["rules"])),
+            dry_run=bool(row["dry_run"]),
+            targets=tuple(TargetRecord(t[0], t[1], json.loads(t[2]), int(t[3])) for t in targets),
+            actions=tuple(_action_record(a) for a in actions),
+            confirmations=tuple(ConfirmRecord(c[0], c[1], c[2], c[3]) for c in confirms),
+        )
+
+    async def alert_for_event(self, event_id: int) -> int | None:
+        """The alert an inbox event belongs to, if any."""
+        row = await self._one("SELECT alert_id FROM alert_events WHERE event_id = ?", (event_id,))
+        return int(row[0]) if row else None
+
+    async def alert_by_message(self, chat: str, message_id: str) -> tuple[int, str] | None:
+        """(alert id, 'alert' or 'confirm') for a chat message the bot posted."""
+        row = await self._one(
+            "SELECT alert_id, kind FROM alert_messages WHERE chat = ? AND message_id = ?",
+            (chat, message_id),
+        )
+        return (int(row[0]), row[1]) if row else None
+
+    async def add_alert_message(
+        self, alert_id: int, chat: str, room: str, message_id: str, kind: str = "alert"
+    ) -> None:
+        """Remember a chat message that belongs to an alert (as soon as it is sent)."""
+        await self._run(
+            "INSERT OR IGNORE INTO alert_messages (alert_id, chat, room, message_id, kind)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (alert_id, chat, room, message_id, kind),
+        )
+
+    async def alert_messages(
+        self, alert_id: int, chat: str | None = None, kind: str = "alert"
+    ) -> list[tuple[str, str, str]]:
+        """(chat, room, message id) of an alert's messages of one kind."""
+        rows = await self._all(
+            "SELECT chat, room, message_id FROM alert_messages WHERE alert_id = ? AND kind = ?"
+            " AND (? IS NULL OR chat = ?) ORDER BY rowid",
+            (alert_id, kind, chat, chat),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def alerts_in(self, statuses: Sequence[str]) -> list[dict[str, Any]]:
+        """Alerts in the given states, oldest first (for !status)."""
+        marks = ",".join("?" * len(statuses))
+        sql = f"SELECT * FROM alerts WHERE status IN ({marks}) ORDER BY id"  # noqa: S608
+        return [dict(r) for r in await self._all(sql, list(statuses))]
+
+    # forum actions
+
+    async def claim_actions(self, ids: Sequence[int] | None = None) -> list[ActionRecord]:
+        """Mark pending forum actions running (all, or those in ``ids``) and return them."""
+        if ids is not None and not ids:
+            return []
+        where = "state = 'pending'"
+        params: list[Any] = []
+        if ids is not None:
+            where += f" AND id IN ({','.join('?' * len(ids))})"
+            params = list(ids)
+        rows = await self._all(
+            f"UPDATE forum_actions SET state = 'running' WHERE {where} RETURNING *",  # noqa: S608
+            params,
+        )
+        return sorted((_action_record(r) for r in rows), key=lambda a: a.id)
+
+    async def finish_action(
+        self,
+        action_id: int,
+        *,
+        ok: bool,
+        simulated: bool,
+        detail: str,
+        audit: AuditItem,
+        now: float,
+    ) -> FinishedAction | None:
+        """Record a forum action's outcome, its audit entry and its effect on the alert.
+
+        None if it was already finished (a second finisher changes nothing).
+        """
+        async with self.transaction() as db:
+            async with db.execute(
+                "UPDATE forum_actions SET state = 'done', ok = ?, simulated = ?, detail = ?,"
+                " done_at = ? WHERE id = ? AND state = 'running'"
+                " RETURNING alert_id, event_id, kind, op_seq",
+                (int(ok), int(simulated), detail, now, action_id),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            alert_id, event_id, kind, op_seq = row[0], row[1], row[2], row[3]
+            await self._audit_in(db, audit, now)
+            if alert_id is None:
+                return FinishedAction(None, op_seq, 0)
+            hidden = {"hide": 1, "unhide": 0, "delete": 2}.get(kind)
+            if ok and hidden is not None and event_id is not None:
+                await db.execute(
+                    "UPDATE alert_events SET hidden = ? WHERE alert_id = ? AND event_id = ?",
+                    (hidden, alert_id, event_id),
+                )
+            await db.execute("UPDATE alerts SET version = version + 1 WHERE id = ?", (alert_id,))
+            async with db.execute(
+                "SELECT COUNT(*) FROM forum_actions WHERE alert_id = ? AND op_seq = ?"
+                " AND state != 'done'",
+                (alert_id, op_seq),
+            ) as cur:
+                remaining = int((await cur.fetchone())[0])
+            if op_seq == 0:
+                # A rule's own action: show its outcome. The alert's first post waits for
+                # the automatic actions (briefly), so it usually shows them at once.
+                if remaining == 0:
+                    await db.execute(
+                        "UPDATE outbox SET next_attempt_at = MIN(next_attempt_at, ?)"
+                        " WHERE alert_id = ? AND op = 'post_alert' AND state = 'pending'",
+                        (now, alert_id),
+                    )
+                await self._enqueue(db, OutboxItem("*", "edit_alert", alert_id=alert_id), now)
+        return FinishedAction(int(alert_id), op_seq, remaining)
+
+    async def release_actions(self) -> int:
+        """Forum actions left running by a process that died go back to pending (at start)."""
+        async with self._lock:
+            cur = await self.db.execute(
+                "UPDATE forum_actions SET state = 'pending' WHERE state = 'running'"
+            )
+            return cur.rowcount
+
+    async def stalled_operations(self) -> list[int]:
+        """Alerts 'acting' whose operation has no forum action left to run (to finalize)."""
+        rows = await self._all(
+            "SELECT a.id FROM alerts a WHERE a.status = 'acting' AND NOT EXISTS ("
+            " SELECT 1 FROM forum_actions f WHERE f.alert_id = a.id AND f.op_seq = a.op_seq"
+            " AND f.state != 'done') ORDER BY a.id"
+        )
+        return [int(r[0]) for r in rows]
+
+    async def forum_actions(self, alert_id: int | None = None) -> list[ActionRecord]:
+        """The forum-action journal (of one alert), oldest first."""
+        rows = await self._all(
+            "SELECT * FROM forum_actions WHERE (? IS NULL OR alert_id = ?) ORDER BY id",
+            (alert_id, alert_id),
+        )
+        return [_action_record(r) for r in rows]
+
+    # outbox
+
+    async def outbox_instance(self) -> str:
+        """A random id of this database, part of every chat transaction id.
+
+        Transaction ids must be unique per bot account; outbox row ids alone repeat
+        across databases (a reinstall, a test) and would make the homeserver swallow
+        a new message as a resend of an old one.
+        """
+        value = await self.get_state("outbox.instance")
+        if value is None:
+            import uuid
+
+            await self._run(
+                "INSERT OR IGNORE INTO kv (key, value) VALUES ('outbox.instance', ?)",
+                (uuid.uuid4().hex[:12],),
+            )
+            value = await self.get_state("outbox.instance")
+        assert value is not None
+        return value
+
+    async def claim_outbox(self, chat: str, now: float) -> OutboxRow | None:
+        """Take the next due message for ``chat`` (an alert's edits wait for its post)."""
+        row = await self._one(
+            "UPDATE outbox SET state = 'sending', attempts = attempts + 1 WHERE id = ("
+            " SELECT o.id FROM outbox o WHERE o.chat = ? AND o.state = 'pending'"
+            " AND o.next_attempt_at <= ? AND NOT (o.op = 'edit_alert' AND EXISTS ("
+            "  SELECT 1 FROM outbox p WHERE p.alert_id = o.alert_id AND p.chat = o.chat"
+            "  AND p.op = 'post_alert' AND p.state != 'sent'))"
+            " ORDER BY o.priority, o.id LIMIT 1)"
+            " RETURNING id, chat, op, payload, attempts, generation, alert_id, created_at",
+            (chat, now),
+        )
+        if row is None:
+            return None
+        return OutboxRow(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5], row[6], row[7])
+
+    async def outbox_sent(
+        self, outbox_id: int, result: str, now: float, then: OutboxItem | None = None
+    ) -> None:
+        """A message went out (and ``then`` is queued with it); if its alert changed
+        meanwhile, it goes out again."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE outbox SET state = CASE WHEN again = 1 THEN 'pending' ELSE 'sent' END,"
+                " generation = generation + again,"
+                " attempts = CASE WHEN again = 1 THEN 0 ELSE attempts END,"
+                " next_attempt_at = ?, again = 0, sent_at = ?, result = ?, last_error = NULL"
+                " WHERE id = ?",
+                (now, now, result, outbox_id),
+            )
+            if then is not None:
+                await self._enqueue(db, then, now)
+
+    async def outbox_retry(self, outbox_id: int, error: str, next_attempt_at: float) -> None:
+        """A send failed; try again at ``next_attempt_at``."""
+        await self._run(
+            "UPDATE outbox SET state = 'pending', last_error = ?, next_attempt_at = ? WHERE id = ?",
+            (error, next_attempt_at, outbox_id),
+        )
+
+    async def outbox_failed(self, outbox_id: int, error: str, now: float) -> None:
+        """Give up on a message and record a problem an operator will see."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE outbox SET state = 'failed', last_error = ? WHERE id = ?",
+                (error, outbox_id),
+            )
+            await db.execute(
+                "INSERT INTO problems (at, kind, subject, detail) VALUES (?, 'chat_failed', ?, ?)",
+                (now, f"outbox {outbox_id}", error),
+            )
+
+    async def release_outbox(self) -> int:
+        """Messages left 'sending' by a process that died go back to pending (at start)."""
+        async with self._lock:
+            cur = await self.db.execute(
+                "UPDATE outbox SET state = 'pending', again = 0 WHERE state = 'sending'"
+            )
+            return cur.rowcount
+
+    async def next_outbox_due(self, chat: str) -> float | None:
+        """When the earliest pending message of ``chat`` falls due."""
+        row = await self._one(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE chat = ? AND state = 'pending'",
+            (chat,),
+        )
+        return row[0] if row and row[0] is not None else None
+
+    async def outbox_counts(self) -> dict[str, int]:
+        """How many outbox messages are in each state."""
+        rows = await self._all("SELECT state, COUNT(*) FROM outbox GROUP BY state")
+        return {s: n for s, n in rows}
+
+    async def outbox_rows(self, chat: str | None = None) -> list[dict[str, Any]]:
+        """Every outbox row (of one chat), oldest first."""
+        rows = await self._all(
+            "SELECT * FROM outbox WHERE (? IS NULL OR chat = ?) ORDER BY id", (chat, chat)
+        )
+        return [dict(r) for r in rows]
+
 
 def now_s() -> float:
     """Wall-clock seconds; the one place the store's callers read real time by default."""
     return time.time()
+
+
+# --- alerts and outbox: the records the store reads and the changes it applies -----
+
+# Columns of ``alerts`` a moderation decision may set (everything else is the store's).
+_ALERT_SETTABLE = frozenset(
+    {
+        "status",
+        "resolution",
+        "resolved_by",
+        "resolved_at",
+        "acked_by",
+        "acked_at",
+        "op",
+        "op_seq",
+        "op_by",
+        "op_at",
+        "prev_status",
+        "outcome",
+    }
+)
+
+
+_OUTBOX_PRIORITY = {"post_alert": 0, "seed_buttons": 2}
+
+
+class _Conflict(Exception):
+    """The alert changed between a decision and its application."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A chat message to send later. ``chat`` "*" (edits only): every chat the alert is in."""
+
+    chat: str
+    op: str  # post_alert, seed_buttons, edit_alert, send, dm, confirm_prompt
+    payload: dict[str, Any] | None = None
+    dedupe_key: str | None = None
+    alert_id: int | None = None
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """An outbox message claimed for sending."""
+
+    id: int
+    chat: str
+    op: str
+    payload: dict[str, Any]
+    attempts: int
+    generation: int
+    alert_id: int | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditItem:
+    """An audit entry to append with a change."""
+
+    actor: str
+    action: str
+    target: str
+    reason: str
+    outcome: str
+    alert_id: int | None = None
+    detail: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewAction:
+    """A forum action to journal; ``dedupe_key`` makes a repeat request a no-op."""
+
+    dedupe_key: str
+    source: str
+    kind: str
+    action: dict[str, Any]  # the ForumAction's fields
+    actor: str
+    reason: str
+    op_seq: int = 0  # 0: a rule's automatic action; else the alert operation it serves
+    event_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentAlert:
+    """The alert side of a new incident event."""
+
+    incident_key: str
+    source: str
+    severity: str
+    room: str | None
+    summary: str
+    rules: tuple[str, ...]
+    target: dict[str, Any]
+    rooms: tuple[tuple[str, str], ...]  # (chat, room address) to post in
+    group_window_s: float
+    hold_s: float = 0.0  # how long the first post waits for automatic actions
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NewIncident:
+    """One event's contribution: maybe an alert, maybe automatic actions."""
+
+    event_id: int
+    alert: IncidentAlert | None
+    actions: tuple[NewAction, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentResult:
+    """What :meth:`Store.record_incident` did."""
+
+    alert_id: int | None
+    created: bool
+    pending_actions: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A moderation decision, applied atomically by :meth:`Store.apply_plan`."""
+
+    alert_id: int | None = None
+    expect_version: int | None = None
+    changes: dict[str, Any] | None = None
+    actions: tuple[NewAction, ...] = ()
+    outbox: tuple[OutboxItem, ...] = ()
+    audit: tuple[AuditItem, ...] = ()
+    confirm: tuple[str, str, float, float] | None = None  # (op, requested by, at, expires)
+    clear_confirm: str | None = None
+    chat_event: tuple[str, str] | None = None  # (chat, event id): handled once
+
+
+@dataclass(frozen=True, slots=True)
+class PlanResult:
+    """``status``: applied, duplicate or conflict; ids of the forum actions added."""
+
+    status: str
+    action_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRecord:
+    """One post (event) of an incident."""
+
+    event_id: int
+    added_at: float
+    target: dict[str, Any]
+    hidden: int  # 0 visible, 1 hidden, 2 deleted (as far as Vigil did it)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRecord:
+    """One row of the forum-action journal."""
+
+    id: int
+    dedupe_key: str
+    alert_id: int | None
+    event_id: int | None
+    source: str
+    kind: str
+    action: dict[str, Any]
+    actor: str
+    reason: str
+    op_seq: int
+    state: str
+    requested_at: float
+    done_at: float | None
+    ok: bool | None
+    simulated: bool | None
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmRecord:
+    """A request waiting for confirmation (a suspension)."""
+
+    op: str
+    requested_by: str
+    requested_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedAction:
+    """What finishing a forum action left: how many of its operation are still to run."""
+
+    alert_id: int | None
+    op_seq: int
+    remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """An alert as moderation and rendering see it."""
+
+    id: int
+    incident_key: str
+    source: str
+    severity: str
+    room: str | None
+    status: str  # open, acked, acting, resolved
+    created_at: float
+    updated_at: float
+    count: int
+    summary: str
+    resolution: str | None
+    resolved_by: str | None
+    resolved_at: float | None
+    version: int
+    acked_by: str | None
+    acked_at: float | None
+    op: str | None
+    op_seq: int
+    op_by: str | None
+    op_at: float | None
+    prev_status: str | None
+    outcome: str | None
+    rules: tuple[str, ...]
+    dry_run: bool
+    targets: tuple[TargetRecord, ...]
+    actions: tuple[ActionRecord, ...]
+    confirmations: tuple[ConfirmRecord, ...]
+
+
+def _action_record(r: aiosqlite.Row) -> ActionRecord:
+    return ActionRecord(
+        id=r["id"],
+        dedupe_key=r["dedupe_key"],
+        alert_id=r["alert_id"],
+        event_id=r["event_id"],
+        source=r["source"],
+        kind=r["kind"],
+        action=json.loads(r["action"]),
+        actor=r["actor"],
+        reason=r["reason"],
+        op_seq=r["op_seq"],
+        state=r["state"],
+        requested_at=r["requested_at"],
+        done_at=r["done_at"],
+        ok=None if r["ok"] is None else bool(r["ok"]),
+        simulated=None if r["simulated"] is None else bool(r["simulated"]),
+        detail=r["detail"],
+    )
