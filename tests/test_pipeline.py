@@ -121,7 +121,9 @@ async def test_stop_drains_the_event_in_hand(store: Store) -> None:
 
 async def test_unreadable_stored_event_is_parked_not_retried(store: Store) -> None:
     clock = ManualClock()
-    await store.insert_events([InboxRow("forum", "x", "post_created", '{"nonsense": 1}')], clock.now())
+    await store.insert_events(
+        [InboxRow("forum", "x", "post_created", '{"nonsense": 1}')], clock.now()
+    )
     pipeline = Pipeline(store, [FlakyStage(0)], CONFIG, clock)
     assert await pipeline.run_once()
     row = await store.event_row(1)
@@ -131,7 +133,9 @@ async def test_unreadable_stored_event_is_parked_not_retried(store: Store) -> No
 async def test_audit_log_is_append_only(store: Store) -> None:
     import sqlite3
 
-    await store.append_audit(actor="rule:x", action="hide", target="post 1", reason="r", outcome="ok", now=1.0)
+    await store.append_audit(
+        actor="rule:x", action="hide", target="post 1", reason="r", outcome="ok", now=1.0
+    )
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         await store.db.execute("UPDATE audit SET actor = 'someone else'")
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
