@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from bot import metrics
+from bot.chat_service import ChatService
 from bot.clock import Clock, SystemClock
 from bot.config import Config, SourceConfig, SourceKind
+from bot.check_api import CheckApi
 from bot.ingest import GroupCommitter, Ingest, WebhookSource
+from bot.lists import ListRegistry
 from bot.pipeline import Pipeline, Stage
-from bot.ports import WebhookParser
+from bot.ports import ChatPort, ForumPort, WebhookParser
 from bot.rules import RuleSet, load_rules
+from bot.scanning import MediaScanner
 from bot.schema import Problems
 from bot.store import Store
 
@@ -36,6 +41,50 @@ def make_parser(source: SourceConfig) -> WebhookParser:
     from adapters.generic_webhooks import GenericParser
 
     return GenericParser()
+
+
+def make_chats(app: App) -> dict[str, ChatPort]:
+    """The chat ports bot.toml configures (imported only when configured)."""
+    cfg = app.config
+    ports: dict[str, ChatPort] = {}
+    if cfg.matrix is not None and app.store is not None:
+        from adapters.matrix_chat import MatrixChat
+
+        rooms = [r.matrix for r in cfg.rooms if r.matrix]
+        ports["matrix"] = MatrixChat(
+            cfg.matrix.homeserver,
+            cfg.matrix.user_id,
+            access_token=cfg.secret(cfg.matrix.access_token_env),
+            password=cfg.secret(cfg.matrix.password_env),
+            device_name=cfg.matrix.device_name,
+            rooms=rooms,
+            state=app.store,
+        )
+    return ports
+
+
+def make_forum(
+    source: SourceConfig, config: Config, session: aiohttp.ClientSession
+) -> ForumPort:
+    """The moderation API of a source: Discourse, a signed callback, or none (dry run
+    wraps them all: nothing is sent, the outcome says what would have been)."""
+    from adapters.generic_forum import DryRunForum
+
+    if config.service.dry_run:
+        return DryRunForum(source.name)
+    from bot.actions import MissingForum
+
+    key = config.secret(source.api_key_env)
+    if source.kind == SourceKind.DISCOURSE and key and source.api_username:
+        from adapters.discourse_api import DiscourseForum
+
+        return DiscourseForum(source.base_url, key, source.api_username, session)
+    secret = config.secret(source.callback_secret_env)
+    if source.callback_url and secret:
+        from adapters.generic_forum import GenericForum
+
+        return GenericForum(source.callback_url, secret, session)
+    return MissingForum(source.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +162,15 @@ class App:
         clock: Clock | None = None,
         stages: Callable[[App], list[Stage]] | None = None,
         watch_rules: bool = True,
+        chats: Callable[[App], Mapping[str, ChatPort]] | None = None,
     ) -> None:
         self.config = config
         self.rules = rules
         self.clock = clock or SystemClock()
         self._stage_factory = stages or default_stages
+        self._chat_factory = chats or make_chats
+        self.chat: ChatService | None = None  # alerts, buttons, outbox (bot.chat_service)
+        self._forum_session: aiohttp.ClientSession | None = None
         self.watch_rules = watch_rules
         self.store: Store | None = None
         self.committer: GroupCommitter | None = None
@@ -126,6 +179,8 @@ class App:
         self.runner: web.AppRunner | None = None
         self.watcher: RulesWatcher | None = None
         self.port: int | None = None
+        self.lists: ListRegistry | None = None  # hash lists in force (bot.lists)
+        self.scanner: MediaScanner | None = None  # media fetch + hash pool (bot.scanning)
 
     async def start(self) -> None:
         """Open the store, start the writer and workers, then listen for webhooks."""
@@ -134,6 +189,11 @@ class App:
         released = await self.store.release_claims()
         if released:
             log.warning("resuming %d events left in progress by a previous run", released)
+        # Lists before the workers: no event may be matched against half the lists.
+        self.lists = ListRegistry(cfg.service.data_dir / "lists-cache", self.store, self.clock)
+        await self.lists.load(self.rules)
+        self.scanner = MediaScanner(cfg)
+        await self._start_chat()
         self.pipeline = Pipeline(self.store, self._stage_factory(self), cfg.pipeline, self.clock)
         self.committer = GroupCommitter(
             self.store, self.clock, cfg.ingest.commit_max_batch, on_commit=self.pipeline.wake
@@ -166,6 +226,46 @@ class App:
             " (dry run)" if cfg.service.dry_run else "",
         )
 
+    async def _start_chat(self) -> None:
+        """Forum ports, chat ports and the chat service (before the pipeline: it alerts)."""
+        assert self.store is not None
+        session = aiohttp.ClientSession()
+        self._forum_session = session
+        forums = {s.name: make_forum(s, self.config, session) for s in self.config.sources}
+
+        def forum(name: str) -> ForumPort:
+            from bot.actions import MissingForum
+
+            return forums.get(name) or MissingForum(name)
+
+        async def bank(alert: object, actor: str) -> None:
+            # A takedown puts the post's images in the local bank, so a repost is known.
+            from bot.store import AlertRecord
+
+            assert isinstance(alert, AlertRecord)
+            if self.lists is None or alert.resolution not in ("taken_down", "suspended", "deleted"):
+                return
+            for t in alert.targets:
+                await self.lists.bank_add_event(t.event_id, actor, f"alert #{alert.id}", alert.id)
+
+        def lists_status() -> list[str]:
+            if self.lists is None:
+                return []
+            return [
+                "Lists: " + ", ".join(f"{s.name} ({s.entries})" for s in self.lists.statuses())
+            ]
+
+        self.chat = ChatService(
+            self.config,
+            self.store,
+            self.clock,
+            self._chat_factory(self),
+            forum,
+            lists_status=lists_status,
+            on_resolved=bank,
+        )
+        await self.chat.start()
+
     def _bound_port(self) -> int | None:
         assert self.runner is not None
         for addr in self.runner.addresses:
@@ -181,6 +281,7 @@ class App:
         app = web.Application(client_max_size=self.config.ingest.max_body_bytes + 1)
         app.add_routes(self.ingest.routes())
         app.add_routes([web.get("/healthz", self.healthz), web.get("/metrics", self.metrics)])
+        app.add_routes(CheckApi(self.config, lambda: self.lists, lambda: self.scanner).routes())
         return app
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -222,6 +323,8 @@ class App:
             if self.store is not None:
                 await self.store.add_problem("rules_rejected", "rules", detail, self.clock.now())
             return False
+        if self.lists is not None:
+            await self.lists.reload(new)  # a list that fails keeps its old version
         self.rules = new
         metrics.RULES_RELOADS.labels("applied").inc()
         log.info("rules reloaded: %d rules, %d lists", len(new.rules), len(new.lists))
@@ -237,6 +340,12 @@ class App:
             await self.committer.close()
         if self.pipeline:
             await self.pipeline.stop()
+        if self.chat:
+            await self.chat.stop()
+        if self._forum_session is not None:
+            await self._forum_session.close()
+        if self.scanner:
+            await self.scanner.close()
         if self.store:
             await self.store.close()
         log.info("vigil stopped")
@@ -244,6 +353,15 @@ class App:
 
 def default_stages(app: App) -> list[Stage]:
     """The stages of a running service, in order."""
+    from bot.chat_service import AlertStage
+    from bot.scanning import MatchStage, MediaStage
     from bot.stages import RulesStage
 
-    return [RulesStage(lambda: app.rules)]
+    assert app.lists is not None and app.scanner is not None and app.store is not None
+    pipe = app.config.pipeline
+    return [
+        MediaStage(app.scanner, app.lists, app.store, pipe.max_attempts, pipe.lease_s),
+        MatchStage(app.lists, app.store),
+        RulesStage(lambda: app.rules),
+        *([AlertStage(app.chat)] if app.chat is not None else []),
+    ]

@@ -274,6 +274,9 @@ def _frame_hashes(
 
 def hash_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> ImageHashes:
     """Hash one image file's bytes; raise ImageRejected (with a reason) for anything bad."""
+    # Another library in the process (Synapse sets it at import) may have switched
+    # Pillow to accepting truncated files; a truncated upload must stay a rejection.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     if not data:
         raise ImageRejected("empty file")
     fmt = sniff_format(data)

@@ -82,7 +82,7 @@ def _human_bytes(n: int) -> str:
     return f"{n} bytes"
 
 
-def _host_key(url: URL) -> str:
+def host_key(url: URL) -> str:
     """The allowed_hosts spelling of a URL's host: ``host`` or ``host:port``."""
     host = (url.raw_host or "").lower().rstrip(".")
     if ":" in host:  # IPv6 literal
@@ -114,7 +114,7 @@ def _check_url(url: URL, policy: MediaPolicy) -> str:
         raise MediaRefused("URLs with credentials are not fetched")
     if not url.raw_host:
         raise MediaRefused("URL has no host")
-    key = _host_key(url)
+    key = host_key(url)
     if key not in policy.allowed_hosts:
         raise MediaRefused(f"host {key} is not an allowed media host")
     return key

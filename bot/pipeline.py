@@ -124,11 +124,14 @@ class Pipeline:
 
     async def _idle_wait(self) -> None:
         # Sleep until new events are committed or the next retry falls due. Clear the
-        # flag before looking, so a wake-up that lands while we look is not lost.
-        self._wake.clear()
+        # flag before looking, so a wake-up that lands while we look is not lost; once
+        # stopping, never clear it (another worker may still need to see it).
         if self._stopping:
             return
+        self._wake.clear()
         due = await self.store.next_event_due()
+        if self._stopping:
+            return
         timeout = 5.0 if due is None else max(0.0, min(5.0, due - self.clock.now()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=timeout)

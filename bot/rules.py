@@ -16,7 +16,16 @@ from pathlib import Path
 
 from bot.config import Config
 from bot.config import read_toml as _read_toml
+from bot.escalation import Policy, check_policies, parse_policy
 from bot.model import Event, EventKind, Match, ReportKind, Severity
+from bot.schedules import (
+    Active,
+    Schedule,
+    active_at,
+    check_schedules,
+    parse_active,
+    parse_schedule,
+)
 from bot.schema import Problems, Table
 
 HASH_KINDS = ("sha256", "sha1", "md5", "pdq", "phash", "dhash")
@@ -36,6 +45,8 @@ DEFAULT_MAX_DISTANCE = {"pdq": 31, "phash": 8, "dhash": 8}
 MAX_ALLOWED_DISTANCE = {"pdq": 64, "phash": 16, "dhash": 16}
 FORUM_ACTIONS = ("hide", "delete", "suspend", "silence")
 VERDICTS = ("allow", "hold", "block")
+# The list Vigil keeps itself from moderators' takedowns; always present.
+LOCAL_BANK = "local-bank"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +93,8 @@ class Rule:
     room: str | None = None
     description: str = ""
     declared_in: str = ""
+    policy: str | None = None  # the escalation policy its alerts follow (bot.escalation)
+    active: Active | None = None  # only inside this time window (bot.schedules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +104,20 @@ class RuleSet:
     lists: tuple[ListSpec, ...] = ()
     rules: tuple[Rule, ...] = ()
     files: tuple[Path, ...] = ()
+    schedules: tuple[Schedule, ...] = ()
+    policies: tuple[Policy, ...] = ()
 
     def list(self, name: str) -> ListSpec | None:
         """The list called ``name``, if declared."""
         return next((s for s in self.lists if s.name == name), None)
+
+    def schedule(self, name: str) -> Schedule | None:
+        """The on-call schedule called ``name``, if declared."""
+        return next((s for s in self.schedules if s.name == name), None)
+
+    def policy(self, name: str) -> Policy | None:
+        """The escalation policy called ``name``, if declared."""
+        return next((p for p in self.policies if p.name == name), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +145,8 @@ def load_rules(rules_dir: Path, config: Config, problems: Problems) -> RuleSet:
     files = tuple(sorted(rules_dir.glob("*.toml")))
     lists: list[ListSpec] = []
     rules: list[Rule] = []
+    schedules: list[Schedule] = []
+    policies: list[Policy] = []
     for path in files:
         data = _read_toml(path, problems)
         if data is None:
@@ -129,8 +154,10 @@ def load_rules(rules_dir: Path, config: Config, problems: Problems) -> RuleSet:
         root = Table(data, str(path), "", problems)
         lists += [s for s in (_list(t, config) for t in root.tables("list")) if s]
         rules += [r for r in (_rule(t) for t in root.tables("rule")) if r]
+        schedules += [s for s in (parse_schedule(t) for t in root.tables("schedule")) if s]
+        policies += [p for p in (parse_policy(t) for t in root.tables("policy")) if p]
         root.finish()
-    ruleset = RuleSet(tuple(lists), tuple(rules), files)
+    ruleset = RuleSet(tuple(lists), tuple(rules), files, tuple(schedules), tuple(policies))
     _cross_check(ruleset, config, problems)
     return ruleset
 
@@ -183,6 +210,8 @@ def _rule(t: Table) -> Rule | None:
     actions = t.str_list("actions", (), FORUM_ACTIONS)
     alert = t.bool("alert", True)
     room = t.str("room", None)
+    policy = t.str("policy", None, "the name of a [[policy]]")
+    active = parse_active(t)
     t.finish()
     if not name:
         return None
@@ -195,6 +224,8 @@ def _rule(t: Table) -> Rule | None:
         room=room,
         description=description or "",
         declared_in=t.file,
+        policy=policy,
+        active=active,
     )
 
 
@@ -243,7 +274,7 @@ def _cross_check(ruleset: RuleSet, config: Config, problems: Problems) -> None:
             problems.add(rule.declared_in, "rule", f"{where} is declared twice")
         rule_names.add(rule.name)
         for name in rule.when.lists or ():
-            if name != "*" and name not in seen:
+            if name not in ("*", LOCAL_BANK) and name not in seen:
                 problems.add(
                     rule.declared_in,
                     f"{where}.when.lists",
@@ -266,11 +297,32 @@ def _cross_check(ruleset: RuleSet, config: Config, problems: Problems) -> None:
             problems.add(
                 rule.declared_in, f"{where}.alert", "the rule alerts but bot.toml has no [[room]]"
             )
+        if rule.policy is not None and ruleset.policy(rule.policy) is None:
+            known = ", ".join(sorted(p.name for p in ruleset.policies)) or "none"
+            problems.add(
+                rule.declared_in,
+                f"{where}.policy",
+                f"no policy called {rule.policy!r}; policies: {known}",
+            )
+        if rule.active and rule.active.schedule and not ruleset.schedule(rule.active.schedule):
+            known = ", ".join(sorted(s.name for s in ruleset.schedules)) or "none"
+            problems.add(
+                rule.declared_in,
+                f"{where}.active",
+                f"no schedule called {rule.active.schedule!r}; schedules: {known}",
+            )
+    check_schedules(ruleset.schedules, config, problems)
+    check_policies(ruleset.policies, ruleset.schedules, config, problems)
 
 
 def evaluate(ruleset: RuleSet, event: Event, matches: Sequence[Match], now: datetime) -> Decision:
     """Every rule that applies to ``event`` (with its hash ``matches``), merged."""
-    fired: list[Rule] = [r for r in ruleset.rules if _applies(r.when, event, matches, now)]
+    fired: list[Rule] = [
+        r
+        for r in ruleset.rules
+        if (r.active is None or active_at(r.active, now, ruleset.schedules))
+        and _applies(r.when, event, matches, now)
+    ]
     if not fired:
         return Decision(matches=tuple(matches))
     severity = max((r.severity for r in fired), key=lambda s: s.rank)

@@ -1,0 +1,371 @@
+"""Pipeline stages that check every image of an event against the hash lists.
+
+``MediaStage`` fetches each image the event references (only from the source's forum
+hosts, under the limits of ``[media]``), hashes it once in the shared pool, and
+records per image either its hashes or the reason it has none. ``MatchStage`` matches
+those hashes (and any SHA-1 the forum named before download) against every list and
+records the matches; ``RulesStage`` then decides.
+
+What a failure means:
+
+- A refused or broken image (a host that is not allowed, a private address, SVG, HTML,
+  a truncated file, a decompression bomb, a body over the cap, a server that trickles
+  or stalls past the timeouts) is a *result*: its reason is recorded on the event and
+  the event goes on. Retrying would give the same answer, and a hostile upload must
+  never be able to hold up or park the event that carries it.
+- The forum itself failing (connection refused or reset, DNS failure of a configured
+  host, HTTP 408/429/5xx) is *transient*: the event is retried with the pipeline's
+  backoff (images already hashed are not fetched again). On the last attempt the
+  reason is recorded instead, a problem is raised, and the event goes on, so the
+  rules still see the rest of it.
+
+An image whose SHA-1 is known before download (Discourse names uploads by it) and is
+already on a list is not fetched at all: there is nothing to learn from its pixels,
+and Vigil does not download known abuse material it does not need. An upload whose
+bytes were hashed before (same SHA-1) is not fetched again either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aiohttp
+
+from bot.config import Config, SourceConfig
+from bot.hashing import DecodeLimits, FrameHashes, HashPool, ImageHashes, ImageRejected
+from bot.lists import ListRegistry, MatchResult
+from bot.media import MediaPolicy, MediaRefused, absolute_url, fetch_media, host_key
+from bot.model import Event, Match, MediaRef
+from bot.pipeline import EventContext
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+# Images of one event fetched at once: enough to hide the latency of a forum, few
+# enough that one post with hundreds of images cannot monopolise the forum or the pool.
+_CONCURRENT_FETCHES = 4
+# The share of the pipeline lease one event's images may take in all, so a post full
+# of trickling images ends before another worker would think this one dead.
+_BUDGET_SHARE_OF_LEASE = 0.5
+_TRANSIENT = re.compile(
+    r"^(HTTP (408|429|5\d\d)\b|could not download from |host \S+ does not resolve)"
+)
+
+
+class MediaUnavailable(Exception):
+    """The forum could not serve an image right now; the event is retried later."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaResult:
+    """One image of an event: its hashes, or why it has none."""
+
+    index: int
+    ref: MediaRef
+    hashes: ImageHashes | None = None
+    reason: str | None = None
+
+
+def hashes_to_json(h: ImageHashes) -> str:
+    """Every hash of an image as JSON (what ``media_results.hashes`` holds)."""
+    return json.dumps(asdict(h), separators=(",", ":"))
+
+
+def hashes_from_json(text: str) -> ImageHashes:
+    """Inverse of :func:`hashes_to_json`."""
+    d: dict[str, Any] = json.loads(text)
+    return ImageHashes(
+        **{
+            **d,
+            "pdq_dihedral": tuple(d["pdq_dihedral"]),
+            "extra_frames": tuple(FrameHashes(**f) for f in d.get("extra_frames", ())),
+        }
+    )
+
+
+def event_media(event: Event) -> tuple[MediaRef, ...]:
+    """Every image an event references: the post's, then a generic upload's own."""
+    refs: list[MediaRef] = list(event.post.media) if event.post else []
+    seen = {(r.url, r.sha1) for r in refs}
+    for item in event.extra.get("media", ()) or ():
+        if not isinstance(item, dict):
+            continue
+        ref = MediaRef(item.get("url"), item.get("sha1"), item.get("filename"))
+        if (ref.url, ref.sha1) not in seen:
+            seen.add((ref.url, ref.sha1))
+            refs.append(ref)
+    return tuple(refs)
+
+
+def is_transient(reason: str) -> bool:
+    """Whether a fetch refusal is the forum failing (retry) rather than the image (final)."""
+    return _TRANSIENT.match(reason) is not None
+
+
+def safe_url(url: str) -> str:
+    """A URL without its query string and fragment (they may carry signed tokens)."""
+    return url.split("#", 1)[0].split("?", 1)[0]
+
+
+class MediaScanner:
+    """Fetches and hashes images under the configured limits; shared by the stages and /v1/check."""
+
+    def __init__(self, config: Config, pool: HashPool | None = None) -> None:
+        self.config = config
+        self.pool = pool or HashPool(limits=DecodeLimits(max_pixels=config.media.max_pixels))
+        self._session: aiohttp.ClientSession | None = None
+
+    def policy(self, source: SourceConfig) -> MediaPolicy:
+        """Where a source's images may come from: its own host and its ``media_hosts``."""
+        hosts = {h.lower().rstrip(".") for h in source.media_hosts}
+        if source.base_url:
+            try:
+                from yarl import URL
+
+                hosts.add(host_key(URL(source.base_url)))
+            except ValueError:
+                pass
+        m = self.config.media
+        return MediaPolicy(
+            allowed_hosts=frozenset(hosts),
+            max_bytes=m.max_bytes,
+            connect_timeout=m.connect_timeout_s,
+            read_timeout=m.read_timeout_s,
+            total_timeout=m.total_timeout_s,
+        )
+
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP client for media (no cookies kept, no proxy from the environment)."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                headers={"User-Agent": "Vigil media check"},
+            )
+        return self._session
+
+    async def fetch_and_hash(self, url: str, policy: MediaPolicy) -> ImageHashes:
+        """Download and hash one image; MediaRefused or ImageRejected say why not."""
+        fetched = await fetch_media(self.session(), url, policy)
+        return await self.pool.hash(fetched.data)
+
+    async def hash_bytes(self, data: bytes) -> ImageHashes:
+        """Hash bytes already in hand (an upload to /v1/check)."""
+        if len(data) > self.config.media.max_bytes:
+            raise ImageRejected(f"file is larger than the {self.config.media.max_bytes} byte limit")
+        return await self.pool.hash(data)
+
+    async def close(self) -> None:
+        """Close the HTTP client and the hash pool."""
+        if self._session is not None:
+            await self._session.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.pool.close)
+
+
+class MediaStage:
+    """Fetch and hash every image of the event (``facts["media"]``: MediaResults)."""
+
+    name = "media"
+
+    def __init__(
+        self,
+        scanner: MediaScanner,
+        lists: ListRegistry,
+        store: Store,
+        max_attempts: int,
+        lease_s: float,
+    ) -> None:
+        self.scanner = scanner
+        self.lists = lists
+        self.store = store
+        self.max_attempts = max_attempts
+        self.budget_s = max(1.0, lease_s * _BUDGET_SHARE_OF_LEASE)
+
+    async def run(self, ctx: EventContext) -> None:
+        """Hash what is not yet hashed; raise MediaUnavailable to retry a failing forum."""
+        refs = event_media(ctx.event)
+        ctx.facts["media"] = ()
+        if not refs:
+            return
+        done = {row["media_index"]: row for row in await self.store.media_results(ctx.id)}
+        source = self.scanner.config.source(ctx.event.source)
+        policy = self.scanner.policy(source) if source is not None else None
+        last_attempt = ctx.attempt >= self.max_attempts
+        slots = asyncio.Semaphore(_CONCURRENT_FETCHES)
+
+        async def one(index: int, ref: MediaRef) -> MediaResult | str:
+            row = done.get(index)
+            if row is not None:
+                return _from_row(index, ref, row)
+            async with slots:
+                return await self._scan(ctx, index, ref, source, policy, last_attempt)
+
+        tasks = [asyncio.create_task(one(i, ref)) for i, ref in enumerate(refs)]
+        _done, pending = await asyncio.wait(tasks, timeout=self.budget_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        results: list[MediaResult] = []
+        transient: list[str] = []
+        for index, task in enumerate(tasks):
+            if task in pending:
+                reason = (
+                    f"not checked: the event's images took longer than {self.budget_s:g} s in all"
+                )
+                result = MediaResult(index, refs[index], reason=reason)
+                await self._save(ctx, result, None)
+                await self.store.add_problem(
+                    "media_unchecked", f"event {ctx.id}", f"image {index}: {reason}", ctx.now
+                )
+            else:
+                outcome = task.result()
+                if isinstance(outcome, str):
+                    transient.append(outcome)
+                    continue
+                result = outcome
+            results.append(result)
+        ctx.facts["media"] = tuple(results)
+        if transient:
+            raise MediaUnavailable("; ".join(transient))
+
+    async def _scan(
+        self,
+        ctx: EventContext,
+        index: int,
+        ref: MediaRef,
+        source: SourceConfig | None,
+        policy: MediaPolicy | None,
+        last_attempt: bool,
+    ) -> MediaResult | str:
+        """One image not seen before: a MediaResult (saved), or a transient reason."""
+        hashes: ImageHashes | None = None
+        reason: str | None = None
+        url = absolute_url(source.base_url, ref.url) if source is not None and ref.url else ref.url
+        if ref.sha1:
+            known = self.lists.match_sha1(ref.sha1, index)
+            if known.allowed_by or known.matches:
+                names = known.allowed_by or ", ".join(sorted({m.list for m in known.matches}))
+                reason = f"not fetched: its SHA-1 is already on {names}"
+            else:
+                stored = await self.store.hashes_by_sha1(ref.sha1)
+                if stored is not None:
+                    hashes = hashes_from_json(stored)
+        if hashes is None and reason is None:
+            if source is None or policy is None:
+                reason = f"source {ctx.event.source!r} is not configured any more"
+            elif not url:
+                reason = "the image has no URL"
+            else:
+                try:
+                    hashes = await self.scanner.fetch_and_hash(url, policy)
+                except MediaRefused as e:
+                    if is_transient(e.reason):
+                        if not last_attempt:
+                            log.info("event %d image %d: %s; will retry", ctx.id, index, e.reason)
+                            return f"image {index}: {e.reason}"
+                        reason = f"{e.reason} (gave up after {ctx.attempt} attempts)"
+                        await self.store.add_problem(
+                            "media_unavailable",
+                            f"event {ctx.id}",
+                            f"image {index}: {reason}",
+                            ctx.now,
+                        )
+                    else:
+                        reason = e.reason
+                except ImageRejected as e:
+                    reason = e.reason
+        result = MediaResult(index, ref, hashes, reason)
+        await self._save(ctx, result, url)
+        if reason is not None:
+            log.info(
+                "event %d image %d not hashed (%s): %s",
+                ctx.id,
+                index,
+                safe_url(url or "")[:200],
+                reason,
+            )
+        return result
+
+    async def _save(self, ctx: EventContext, result: MediaResult, url: str | None) -> None:
+        h = result.hashes
+        await self.store.save_media_result(
+            ctx.id,
+            result.index,
+            url=safe_url(url) if url else None,
+            sha1_hint=result.ref.sha1,
+            sha256=h.sha256 if h else None,
+            sha1=h.sha1 if h else None,
+            hashes=hashes_to_json(h) if h else None,
+            reason=result.reason,
+            now=ctx.now,
+        )
+
+
+def _from_row(index: int, ref: MediaRef, row: dict[str, Any]) -> MediaResult:
+    hashes = hashes_from_json(row["hashes"]) if row["hashes"] else None
+    return MediaResult(index, ref, hashes, row["reason"])
+
+
+def merge_results(*results: MatchResult) -> MatchResult:
+    """One image's results from several lookups: allowed if any says so, else best matches."""
+    allowed = next((r.allowed_by for r in results if r.allowed_by), None)
+    if allowed is not None:
+        return MatchResult((), allowed)
+    best: dict[tuple[str, str], Match] = {}
+    for r in results:
+        for m in r.matches:
+            key = (m.list, m.kind)
+            if key not in best or m.distance < best[key].distance:
+                best[key] = m
+    return MatchResult(tuple(best[k] for k in sorted(best)))
+
+
+class MatchStage:
+    """Match every image of the event (``facts["matches"]``, ``facts["allowed"]``)."""
+
+    name = "match"
+
+    def __init__(self, lists: ListRegistry, store: Store) -> None:
+        self.lists = lists
+        self.store = store
+
+    async def run(self, ctx: EventContext) -> None:
+        """Match hashes and known SHA-1s, record the matches (a retry adds no duplicates)."""
+        matches: list[Match] = []
+        allowed: dict[int, str] = {}
+        for media in ctx.facts.get("media", ()):
+            lookups = []
+            if media.hashes is not None:
+                lookups.append(self.lists.match_image(media.hashes, media.index))
+            if media.ref.sha1:
+                lookups.append(self.lists.match_sha1(media.ref.sha1, media.index))
+            result = merge_results(*lookups)
+            if result.allowed_by is not None:
+                allowed[media.index] = result.allowed_by
+                await self.store.set_media_allowed(ctx.id, media.index, result.allowed_by)
+                log.info(
+                    "event %d image %d cleared by allow-list %s",
+                    ctx.id,
+                    media.index,
+                    result.allowed_by,
+                )
+            for m in result.matches:
+                log.warning(
+                    "event %d image %d matched list=%s kind=%s distance=%d category=%s tier=%s",
+                    ctx.id,
+                    m.media_index,
+                    m.list,
+                    m.kind,
+                    m.distance,
+                    m.category,
+                    m.tier,
+                )
+            matches += result.matches
+        ctx.facts["matches"] = tuple(matches)
+        ctx.facts["allowed"] = allowed
+        await self.store.save_matches(ctx.id, matches)
