@@ -105,8 +105,28 @@ def check(config_path: Path, out: TextIO) -> int:
             f"{', alert ' + (rule.room or 'default room') if rule.alert else ''}",
             file=out,
         )
+    _print_oncall(rules, out)
     print(f"  files     {len(rules.files)} rules file(s) in {cfg.service.rules_dir}", file=out)
     return 0
+
+
+def _print_oncall(rules: object, out: TextIO) -> None:
+    """Schedules (who is on now) and escalation policies, one line each."""
+    from datetime import UTC, datetime
+
+    from bot.rules import RuleSet
+    from bot.schedules import who_is_on
+
+    assert isinstance(rules, RuleSet)
+    now = datetime.now(UTC)
+    for s in rules.schedules:
+        on = ", ".join(who_is_on(s, now)) or "nobody"
+        layers = "; ".join(f"{layer.name}: {', '.join(layer.people())}" for layer in s.layers)
+        print(f"  schedule  {s.name} ({s.timezone}) {layers}; on call now: {on}", file=out)
+    for p in rules.policies:
+        sev = ", ".join(p.severities) or "rules that name it"
+        steps = " → ".join(" + ".join(str(t) for t in step.targets) for step in p.steps)
+        print(f"  policy    {p.name} ({sev}): {steps}", file=out)
 
 
 def run(config_path: Path) -> int:

@@ -248,6 +248,44 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (alert_id, op)
     );
     """,
+    # 4: escalation: when a chain started and last paged, runtime on-call overrides,
+    # and the escalation log the report counts
+    """
+    ALTER TABLE escalations ADD COLUMN started_at REAL;
+    ALTER TABLE escalations ADD COLUMN fired_at REAL;  -- the last page
+    ALTER TABLE escalations ADD COLUMN pages INTEGER NOT NULL DEFAULT 0;
+
+    CREATE TABLE schedule_overrides (
+        id INTEGER PRIMARY KEY,
+        schedule TEXT NOT NULL,
+        person TEXT NOT NULL,
+        replaces TEXT,  -- a swap: only where this person would be on call
+        starts_at REAL NOT NULL,
+        ends_at REAL NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        cancelled_by TEXT,
+        cancelled_at REAL
+    );
+    CREATE INDEX schedule_overrides_end ON schedule_overrides (ends_at);
+
+    CREATE TABLE escalation_log (
+        id INTEGER PRIMARY KEY,
+        alert_id INTEGER NOT NULL,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,  -- start, page, skip, ack, rearm, resolve, exhausted
+        policy TEXT NOT NULL,
+        step INTEGER,
+        round INTEGER,
+        person TEXT,
+        channel TEXT,
+        late REAL,
+        detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX escalation_log_at ON escalation_log (at);
+    CREATE INDEX escalation_log_alert ON escalation_log (alert_id);
+    """,
 )
 
 GENESIS_HASH = "0" * 64
@@ -730,7 +768,7 @@ class Store:
             if keys:
                 marks = ",".join("?" * len(keys))
                 sql = (
-                    f"SELECT id FROM forum_actions WHERE dedupe_key IN ({marks})"  # noqa: S608
+                    f"SELECT id FROM forum_actions WHERE dedupe_key IN ({marks})"
                     " AND state = 'pending' ORDER BY id"
                 )
                 async with db.execute(sql, keys) as cur:
@@ -928,9 +966,9 @@ class Store:
                         raise ValueError(f"not an alert column one may set: {sorted(unknown)}")
                     names = sorted(plan.changes)
                     assignments = ", ".join(f"{n} = ?" for n in names)
+                    # Column names come from _ALERT_SETTABLE only, values are bound.
                     await db.execute(
-                        f"UPDATE alerts SET {assignments}, version = version + 1"  # noqa: S608
-                        " WHERE id = ?",
+                        f"UPDATE alerts SET {assignments}, version = version + 1 WHERE id = ?",
                         [plan.changes[n] for n in names] + [plan.alert_id],
                     )
                 if plan.confirm is not None and plan.alert_id is not None:
@@ -1048,7 +1086,7 @@ class Store:
     async def alerts_in(self, statuses: Sequence[str]) -> list[dict[str, Any]]:
         """Alerts in the given states, oldest first (for !status)."""
         marks = ",".join("?" * len(statuses))
-        sql = f"SELECT * FROM alerts WHERE status IN ({marks}) ORDER BY id"  # noqa: S608
+        sql = f"SELECT * FROM alerts WHERE status IN ({marks}) ORDER BY id"
         return [dict(r) for r in await self._all(sql, list(statuses))]
 
     # forum actions
@@ -1063,7 +1101,7 @@ class Store:
             where += f" AND id IN ({','.join('?' * len(ids))})"
             params = list(ids)
         rows = await self._all(
-            f"UPDATE forum_actions SET state = 'running' WHERE {where} RETURNING *",  # noqa: S608
+            f"UPDATE forum_actions SET state = 'running' WHERE {where} RETURNING *",
             params,
         )
         return sorted((_action_record(r) for r in rows), key=lambda a: a.id)
@@ -1167,17 +1205,18 @@ class Store:
         assert value is not None
         return value
 
-    async def claim_outbox(self, chat: str, now: float) -> OutboxRow | None:
-        """Take the next due message for ``chat`` (an alert's edits wait for its post)."""
+    async def claim_outbox(self, chat: str, now: float, max_priority: int = 9) -> OutboxRow | None:
+        """Take the next due message for ``chat``, most urgent first (an alert's edits
+        wait for its post); ``max_priority`` 0 takes only alert posts."""
         row = await self._one(
             "UPDATE outbox SET state = 'sending', attempts = attempts + 1 WHERE id = ("
             " SELECT o.id FROM outbox o WHERE o.chat = ? AND o.state = 'pending'"
-            " AND o.next_attempt_at <= ? AND NOT (o.op = 'edit_alert' AND EXISTS ("
+            " AND o.next_attempt_at <= ? AND o.priority <= ? AND NOT (o.op = 'edit_alert' AND EXISTS ("
             "  SELECT 1 FROM outbox p WHERE p.alert_id = o.alert_id AND p.chat = o.chat"
             "  AND p.op = 'post_alert' AND p.state != 'sent'))"
             " ORDER BY o.priority, o.id LIMIT 1)"
             " RETURNING id, chat, op, payload, attempts, generation, alert_id, created_at",
-            (chat, now),
+            (chat, now, max_priority),
         )
         if row is None:
             return None
@@ -1227,11 +1266,12 @@ class Store:
             )
             return cur.rowcount
 
-    async def next_outbox_due(self, chat: str) -> float | None:
+    async def next_outbox_due(self, chat: str, max_priority: int = 9) -> float | None:
         """When the earliest pending message of ``chat`` falls due."""
         row = await self._one(
-            "SELECT MIN(next_attempt_at) FROM outbox WHERE chat = ? AND state = 'pending'",
-            (chat,),
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE chat = ? AND state = 'pending'"
+            " AND priority <= ?",
+            (chat, max_priority),
         )
         return row[0] if row and row[0] is not None else None
 
@@ -1244,6 +1284,258 @@ class Store:
         """Every outbox row (of one chat), oldest first."""
         rows = await self._all(
             "SELECT * FROM outbox WHERE (? IS NULL OR chat = ?) ORDER BY id", (chat, chat)
+        )
+        return [dict(r) for r in rows]
+
+    # --- escalation ------------------------------------------------------------------
+    # The escalation engine (bot.escalation) decides; these methods read and write its
+    # state. A transition reads the row and the alert, checks the token, and writes the
+    # new state with its chat messages, audit entries and log lines in ONE transaction.
+
+    async def escalation_transition(
+        self,
+        alert_id: int,
+        expect_token: str | None,
+        now: float,
+        decide: Any,  # (escalation row | None, alert row | None, overrides) -> Transition | None
+        *,
+        create: bool = False,
+    ) -> Any:
+        """Apply ``decide(escalation row, alert row, overrides in force)``'s transition.
+
+        ``create``: only if the alert has no escalation yet (the row is inserted).
+        Otherwise only if the row exists and (when ``expect_token`` is given) still
+        holds that token. ``decide`` runs inside the transaction and must not touch the
+        store; it returns None (nothing to do) or a ``bot.escalation.Transition``.
+        Returns what ``decide`` returned, once committed (None if nothing was written).
+        """
+        async with self.transaction() as db:
+            async with db.execute(
+                "SELECT * FROM escalations WHERE alert_id = ?", (alert_id,)
+            ) as cur:
+                row = await cur.fetchone()
+            esc = dict(row) if row is not None else None
+            if create and esc is not None:
+                return None
+            if not create and (
+                esc is None or (expect_token is not None and esc["token"] != expect_token)
+            ):
+                return None
+            async with db.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)) as cur:
+                arow = await cur.fetchone()
+            alert = dict(arow) if arow is not None else None
+            if alert is not None:
+                async with db.execute(
+                    "SELECT chat, room, message_id FROM alert_messages WHERE alert_id = ?"
+                    " AND kind = 'alert' ORDER BY rowid",
+                    (alert_id,),
+                ) as cur:
+                    alert["messages"] = [tuple(m) for m in await cur.fetchall()]
+            async with db.execute(
+                "SELECT * FROM schedule_overrides WHERE cancelled_at IS NULL"
+                " AND starts_at <= ? AND ends_at > ? ORDER BY id",
+                (now, now),
+            ) as cur:
+                overrides = [dict(r) for r in await cur.fetchall()]
+            change = decide(esc, alert, overrides)
+            if change is None:
+                return None
+            fields = (
+                change.policy,
+                change.step,
+                change.round,
+                change.due_at,
+                change.token,
+                change.state,
+                change.acked_by,
+                change.acked_at,
+                now,
+                change.fired_at,
+                change.pages,
+            )
+            if create:
+                await db.execute(
+                    "INSERT INTO escalations (policy, step, round, due_at, token, state, acked_by,"
+                    " acked_at, updated_at, fired_at, pages, started_at, alert_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*fields, now, alert_id),
+                )
+            else:
+                await db.execute(
+                    "UPDATE escalations SET policy = ?, step = ?, round = ?, due_at = ?, token = ?,"
+                    " state = ?, acked_by = ?, acked_at = ?, updated_at = ?, fired_at = ?,"
+                    " pages = pages + ? WHERE alert_id = ?",
+                    (*fields, alert_id),
+                )
+            for item in change.outbox:
+                await self._enqueue(db, item, now)
+            for entry in change.audit:
+                await self._audit_in(db, entry, now)
+            for e in change.log:
+                await db.execute(
+                    "INSERT INTO escalation_log (alert_id, at, kind, policy, step, round, person,"
+                    " channel, late, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        alert_id,
+                        now,
+                        e.kind,
+                        change.policy,
+                        e.step,
+                        e.round,
+                        e.person,
+                        e.channel,
+                        e.late_s,
+                        json.dumps(e.detail or {}, sort_keys=True, ensure_ascii=False),
+                    ),
+                )
+            if change.reopen_alert:
+                # The ack lapsed: the alert is open again, so 👀 / ack works once more.
+                cur = await db.execute(
+                    "UPDATE alerts SET status = 'open', acked_by = NULL, acked_at = NULL,"
+                    " version = version + 1, updated_at = ? WHERE id = ? AND status = 'acked'",
+                    (now, alert_id),
+                )
+                if cur.rowcount:
+                    await self._enqueue(db, OutboxItem("*", "edit_alert", alert_id=alert_id), now)
+            if change.problem is not None:
+                await db.execute(
+                    "INSERT INTO problems (at, kind, subject, detail) VALUES (?, ?, ?, ?)",
+                    (now, *change.problem),
+                )
+        return change
+
+    async def escalation(self, alert_id: int) -> dict[str, Any] | None:
+        """An alert's escalation row."""
+        row = await self._one("SELECT * FROM escalations WHERE alert_id = ?", (alert_id,))
+        return dict(row) if row else None
+
+    async def escalations_to_review(self, now: float, limit: int = 200) -> list[tuple[int, str]]:
+        """(alert id, token) of escalations that are due, or whose alert was acked or
+        resolved since the engine last looked."""
+        rows = await self._all(
+            "SELECT e.alert_id, e.token FROM escalations e LEFT JOIN alerts a ON a.id = e.alert_id"
+            " WHERE e.state IN ('active', 'acked') AND (e.due_at <= ? OR a.id IS NULL"
+            " OR a.status = 'resolved' OR (e.state = 'active' AND a.status IN ('acked', 'acting')"
+            " AND COALESCE(CASE WHEN a.status = 'acked' THEN a.acked_at ELSE a.op_at END, 0)"
+            " > COALESCE(e.acked_at, -1))) ORDER BY e.due_at LIMIT ?",
+            (now, limit),
+        )
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    async def next_escalation_due(self) -> float | None:
+        """When the earliest active or acked escalation falls due."""
+        row = await self._one(
+            "SELECT MIN(due_at) FROM escalations WHERE state IN ('active', 'acked')"
+        )
+        return row[0] if row and row[0] is not None else None
+
+    async def unescalated_alerts(self, since: float, limit: int = 100) -> list[int]:
+        """Unresolved alerts created after ``since`` that have no escalation row yet."""
+        rows = await self._all(
+            "SELECT a.id FROM alerts a WHERE a.status != 'resolved' AND a.created_at >= ?"
+            " AND NOT EXISTS (SELECT 1 FROM escalations e WHERE e.alert_id = a.id)"
+            " ORDER BY a.id LIMIT ?",
+            (since, limit),
+        )
+        return [int(r[0]) for r in rows]
+
+    async def escalation_log(self, alert_id: int | None = None) -> list[dict[str, Any]]:
+        """The escalation log (of one alert), oldest first."""
+        rows = await self._all(
+            "SELECT * FROM escalation_log WHERE (? IS NULL OR alert_id = ?) ORDER BY id",
+            (alert_id, alert_id),
+        )
+        return [dict(r) for r in rows]
+
+    async def escalation_report_rows(
+        self, since: float
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Alerts created since ``since`` and the escalation log lines about them."""
+        async with self._lock:
+            async with self.db.execute(
+                "SELECT * FROM alerts WHERE created_at >= ? ORDER BY id", (since,)
+            ) as cur:
+                alerts = [dict(r) for r in await cur.fetchall()]
+            async with self.db.execute(
+                "SELECT l.* FROM escalation_log l JOIN alerts a ON a.id = l.alert_id"
+                " WHERE a.created_at >= ? ORDER BY l.id",
+                (since,),
+            ) as cur:
+                entries = [dict(r) for r in await cur.fetchall()]
+        return alerts, entries
+
+    async def add_schedule_override(
+        self,
+        schedule: str,
+        person: str,
+        starts_at: float,
+        ends_at: float,
+        by: str,
+        now: float,
+        *,
+        replaces: str | None = None,
+        reason: str = "",
+    ) -> int:
+        """Record a runtime on-call override and its audit entry; returns its id."""
+        swap = f" instead of {replaces}" if replaces else ""
+        async with self.transaction() as db:
+            async with db.execute(
+                "INSERT INTO schedule_overrides (schedule, person, replaces, starts_at, ends_at,"
+                " created_by, created_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (schedule, person, replaces, starts_at, ends_at, by, now, reason),
+            ) as cur:
+                override_id = int((await cur.fetchone())[0])
+            await self._audit_in(
+                db,
+                AuditItem(
+                    actor=by,
+                    action="override",
+                    target=f"schedule {schedule}",
+                    reason=reason or f"{person} on call{swap}",
+                    outcome="ok",
+                    detail={
+                        "id": override_id,
+                        "person": person,
+                        "replaces": replaces,
+                        "from": starts_at,
+                        "to": ends_at,
+                    },
+                ),
+                now,
+            )
+        return override_id
+
+    async def cancel_schedule_override(self, override_id: int, by: str, now: float) -> bool:
+        """Withdraw a runtime override (audited); False if there was none in force."""
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "UPDATE schedule_overrides SET cancelled_at = ?, cancelled_by = ?"
+                " WHERE id = ? AND cancelled_at IS NULL",
+                (now, by, override_id),
+            )
+            if not cur.rowcount:
+                return False
+            await self._audit_in(
+                db,
+                AuditItem(
+                    actor=by,
+                    action="override_cancel",
+                    target=f"override {override_id}",
+                    reason="withdrawn",
+                    outcome="ok",
+                ),
+                now,
+            )
+        return True
+
+    async def schedule_overrides(
+        self, after: float, schedule: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Runtime overrides in force at or after ``after`` (of one schedule), by start."""
+        rows = await self._all(
+            "SELECT * FROM schedule_overrides WHERE cancelled_at IS NULL AND ends_at > ?"
+            " AND (? IS NULL OR schedule = ?) ORDER BY starts_at, id",
+            (after, schedule, schedule),
         )
         return [dict(r) for r in rows]
 
