@@ -4,7 +4,8 @@ Discourse POSTs ``{"<type>": {...}}`` with the event named in ``X-Discourse-Even
 (``post_created``) and its family in ``X-Discourse-Event-Type`` (``post``). The ingest
 server checks the signature and decodes the JSON; :class:`DiscourseParser` turns the
 document into an :class:`~bot.model.Event`, keeping only what moderation needs:
-emails, IP addresses and profile details are dropped here, at the boundary.
+profile details are dropped here, at the boundary; the account's email and IP
+addresses leave only in :attr:`~bot.model.Parsed.personal`, for the restricted table.
 
 Discourse has no upload event: images live in a post's ``raw``
 (``upload://<base62 sha1>.<ext>``) and ``cooked`` HTML
@@ -53,6 +54,7 @@ from bot.model import (
     ReportKind,
     UnknownEvent,
 )
+from bot.personal_data import personal_from
 
 log = logging.getLogger(__name__)
 
@@ -398,8 +400,22 @@ class DiscourseParser:
                 user=user,
                 forum_event=event,
             )
+            # The current email only (not secondary_emails): keep no more than needed.
+            personal = personal_from(
+                user.id,
+                user.username,
+                ips=(inner.get("ip_address"), inner.get("registration_ip_address")),
+                emails=(inner.get("email"),),
+            )
+            return Parsed(delivery_id, result, personal=personal)
         else:
             result = self._reviewable(inner, source, delivery_id, event)
+            report = result.report
+            if result.user is not None and report is not None and report.kind is ReportKind.USER:
+                payload = inner.get("payload")
+                email = payload.get("email") if isinstance(payload, dict) else None
+                personal = personal_from(result.user.id, result.user.username, emails=(email,))
+                return Parsed(delivery_id, result, personal=personal)
         return Parsed(delivery_id, result)
 
     # --- posts ---------------------------------------------------------------------
@@ -559,7 +575,8 @@ def _is_staff(d: dict[str, Any], path: str) -> bool:
 
 
 def _user(u: dict[str, Any], path: str) -> Author:
-    # Only these fields leave the boundary; email, IPs, profile and groups stay behind.
+    # Only these fields go into the Event; profile and groups stay behind, email and
+    # IPs go to Parsed.personal (see parse).
     return Author(
         id=req_id(u, "id", path, strict_int=True, negative=True),
         username=req_str(u, "username", path),

@@ -3,8 +3,9 @@
 Documented in ``docs/generic-webhooks.md``. The schema mirrors the domain model
 (``bot/model.py``) closely, so a forum integration is a thin JSON mapping: one
 ``event`` name, and the ``post`` / ``user`` / ``report`` / ``media`` objects it needs.
-Unknown keys are ignored (forward compatibility); personal data has no field to
-land in, so an email or IP a forum sends along goes no further than this parser.
+Unknown keys are ignored (forward compatibility). Personal data has no field in the
+Event: an ``email`` or ``ip_address`` on the ``user`` or the post's ``author`` leaves
+this parser only in :attr:`~bot.model.Parsed.personal`, for the restricted table.
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ from bot.model import (
     MediaRef,
     Parsed,
     PayloadError,
+    PersonalData,
     Post,
     Report,
     ReportKind,
     UnknownEvent,
 )
+from bot.personal_data import personal_from
 
 __all__ = ["GenericParser"]
 
@@ -115,6 +118,11 @@ class GenericParser:
         if media and post is not None:
             post = _with_media(post, media)
 
+        personal = None
+        if user is not None and user_doc is not None:
+            personal = _personal(user, user_doc)
+        elif post is not None and post_doc is not None:
+            personal = _personal(post.author, post_doc.get("author"))
         return Parsed(
             delivery_id,
             Event(
@@ -128,7 +136,18 @@ class GenericParser:
                 forum_event=name,
                 extra=extra,
             ),
+            personal=personal,
         )
+
+
+def _personal(author: Author, doc: Any) -> PersonalData | None:
+    """The account's ``email`` and ``ip_address``, if the forum sent them (invalid ones
+    are dropped quietly: a delivery is never refused over personal data)."""
+    if not isinstance(doc, dict):
+        return None
+    return personal_from(
+        author.id, author.username, ips=(doc.get("ip_address"),), emails=(doc.get("email"),)
+    )
 
 
 def _author(d: dict[str, Any], path: str) -> Author:

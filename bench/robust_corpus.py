@@ -223,6 +223,25 @@ def _rotate5(img: Image.Image, rng: random.Random) -> Image.Image:
     return rotated.crop(((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2))
 
 
+def _rotate(img: Image.Image, rng: random.Random, degrees: float) -> Image.Image:
+    """Rotate by ``degrees`` either way, black corners kept."""
+    angle = degrees if rng.random() < 0.5 else -degrees
+    return img.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=(0, 0, 0))
+
+
+def _overlay_caption(img: Image.Image, rng: random.Random) -> Image.Image:
+    """A caption drawn *over* the bottom of the picture on a semi-opaque dark band."""
+    out = img.convert("RGBA")
+    w, h = out.size
+    band = int(h * rng.uniform(0.1, 0.18))
+    layer = Image.new("RGBA", out.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    draw.rectangle((0, h - band, w, h), fill=(0, 0, 0, 170))
+    font = ImageFont.load_default(size=max(10, int(band * 0.45)))
+    draw.text((w * 0.05, h - band * 0.8), "posted again lol", font=font, fill=(255, 255, 255, 255))
+    return Image.alpha_composite(out, layer).convert("RGB")
+
+
 def _scaled(img: Image.Image, f: float) -> Image.Image:
     w, h = img.size
     return img.resize((max(8, round(w * f)), max(8, round(h * f))), Image.Resampling.LANCZOS)
@@ -248,6 +267,18 @@ EDITS: dict[str, tuple[str, Edit]] = {
     "caption bar": ("harder", lambda img, rng: _jpeg(_caption(img, rng))),
     "dark border": ("harder", lambda img, rng: _jpeg(_border(img, rng))),
     "rotate 5": ("harder", lambda img, rng: _jpeg(_rotate5(img, rng))),
+}
+
+
+# Edits with no target, off the grids the enrolment uses: how far the design generalises.
+EXTRA_EDITS: dict[str, tuple[str, Edit]] = {
+    "crop 6%": ("extra", lambda img, rng: _jpeg(_crop(img, rng, 0.06))),
+    "crop 15%": ("extra", lambda img, rng: _jpeg(_crop(img, rng, 0.15))),
+    "rotate 3": ("extra", lambda img, rng: _jpeg(_rotate(img, rng, 3.0))),
+    "rotate 8": ("extra", lambda img, rng: _jpeg(_rotate(img, rng, 8.0))),
+    "mirror + crop 3%": ("extra", lambda img, rng: _jpeg(ImageOps.mirror(_crop(img, rng, 0.03)))),
+    "overlay caption": ("extra", lambda img, rng: _jpeg(_overlay_caption(img, rng))),
+    "border + half size": ("extra", lambda img, rng: _jpeg(_scaled(_border(img, rng), 0.5))),
 }
 
 

@@ -39,11 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH")
     p = sub.add_parser("hashlist", help="import a hash list file or show its statistics")
     p.add_argument("args", nargs=argparse.REMAINDER)
+    for name, text in (
+        ("audit", "verify the audit log's hash chain, or show entries (verify|show)"),
+        ("export", "write an incident bundle for a police, NCMEC or IWF report"),
+        ("evidence", "list, read (admins, audited) or purge kept evidence"),
+    ):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("audit", "export", "evidence"):
+        # These parse their own options (argparse's REMAINDER would swallow none of them).
+        argv = [argv[0], "--", *argv[1:]]
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return check(args.config, sys.stdout)
@@ -57,7 +68,24 @@ def main(argv: list[str] | None = None) -> int:
         from bot.hashlists import hashlist_command
 
         return hashlist_command(args.args, sys.stdout, sys.stderr)
+    if args.command == "audit":
+        from bot.audit import audit_command
+
+        return audit_command(_rest(args.args), sys.stdout, sys.stderr)
+    if args.command == "export":
+        from bot.export import export_command
+
+        return export_command(_rest(args.args), sys.stdout, sys.stderr)
+    if args.command == "evidence":
+        from bot.evidence import evidence_command
+
+        return evidence_command(_rest(args.args), sys.stdout, sys.stderr)
     return 2
+
+
+def _rest(args: list[str]) -> list[str]:
+    """A delegated command's own arguments, without the "--" main() put before them."""
+    return args[1:] if args[:1] == ["--"] else args
 
 
 def check(config_path: Path, out: TextIO) -> int:

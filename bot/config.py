@@ -101,6 +101,24 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PrivacyConfig:
+    """Personal data (IP addresses, emails) from forum events: kept or not, how long."""
+
+    keep_personal_data: bool = True  # False: dropped at the webhook, stored nowhere
+    personal_data_days: int = 30  # deleted this long after the account was last seen with it
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceConfig:
+    """Originals of images matched on lists of illegal material, encrypted at rest."""
+
+    directory: Path = Path("data/evidence")
+    key_env: str = "VIGIL_EVIDENCE_KEY"  # 32 bytes, base64 or hex; unset: evidence is off
+    retention_days: int = 365  # at least 90; US providers must keep reports one year
+    categories: tuple[str, ...] = ()  # match categories kept besides lists with illegal = true
+
+
+@dataclass(frozen=True, slots=True)
 class SourceConfig:
     """One forum that sends webhooks."""
 
@@ -166,6 +184,8 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     sources: tuple[SourceConfig, ...] = ()
     rooms: tuple[RoomConfig, ...] = ()
     matrix: MatrixConfig | None = None
@@ -206,6 +226,8 @@ TOP_LEVEL = (
     "pipeline",
     "media",
     "alerts",
+    "privacy",
+    "evidence",
     "source",
     "room",
     "matrix",
@@ -254,6 +276,8 @@ def load_config(path: Path, problems: Problems) -> Config | None:
     pipeline = _pipeline(root.table("pipeline"))
     media = _media(root.table("media"))
     alerts = _alerts(root.table("alerts"))
+    privacy = _privacy(root.table("privacy"))
+    evidence = _evidence(root.table("evidence"), base, service)
     sources = tuple(s for s in (_source(t) for t in root.tables("source")) if s)
     rooms = tuple(r for r in (_room(t) for t in root.tables("room")) if r)
     matrix_t = root.table("matrix")
@@ -271,6 +295,8 @@ def load_config(path: Path, problems: Problems) -> Config | None:
         pipeline=pipeline,
         media=media,
         alerts=alerts,
+        privacy=privacy,
+        evidence=evidence,
         sources=sources,
         rooms=rooms,
         matrix=matrix,
@@ -358,6 +384,37 @@ def _alerts(t: Table | None) -> AlertsConfig:
     cfg = AlertsConfig(
         group_window_s=t.duration("group_window", "10m"),
         confirm_window_s=t.duration("confirm_window", "2m"),
+    )
+    t.finish()
+    return cfg
+
+
+def _privacy(t: Table | None) -> PrivacyConfig:
+    if t is None:
+        return PrivacyConfig()
+    cfg = PrivacyConfig(
+        keep_personal_data=t.bool("keep_personal_data", True),
+        personal_data_days=t.int("personal_data_days", 30, 1, 3650),
+    )
+    t.finish()
+    return cfg
+
+
+# Below this, evidence could be gone before a report is even answered (the US asked
+# 90 days until 2024 and one year since).
+MIN_EVIDENCE_DAYS = 90
+
+
+def _evidence(t: Table | None, base: Path, service: ServiceConfig) -> EvidenceConfig:
+    default_dir = service.data_dir / "evidence"
+    if t is None:
+        return EvidenceConfig(directory=default_dir)
+    raw_dir = t.str("directory", None)
+    cfg = EvidenceConfig(
+        directory=base / raw_dir if raw_dir else default_dir,
+        key_env=t.str("key_env", "VIGIL_EVIDENCE_KEY"),
+        retention_days=t.int("retention_days", 365, MIN_EVIDENCE_DAYS, 36500),
+        categories=t.str_list("categories", ()),
     )
     t.finish()
     return cfg
@@ -518,6 +575,7 @@ def _cross_check(config: Config, file: str, problems: Problems) -> None:
         needed.append(("matrix.password_env", config.matrix.password_env))
     if config.discord:
         needed.append(("discord.token_env", config.discord.token_env))
+    _check_evidence_key(config, file, problems)
     for key, env in needed:
         if env and not config.secrets.get(env):
             problems.add(
@@ -526,6 +584,29 @@ def _cross_check(config: Config, file: str, problems: Problems) -> None:
                 f"the environment variable {env} is not set (nor in .env); `vigil run` needs it",
                 warning=True,
             )
+
+
+def _check_evidence_key(config: Config, file: str, problems: Problems) -> None:
+    """A malformed evidence key is an error; a missing one turns evidence off (a warning
+    here when [evidence] asks for categories; the rules check warns for illegal lists)."""
+    from bot.evidence import parse_key  # lazy: bot.evidence imports the rules
+
+    env = config.evidence.key_env
+    value = config.secrets.get(env)
+    if value:
+        try:
+            parse_key(value)
+        except ValueError as exc:
+            problems.add(file, "evidence.key_env", f"the environment variable {env}: {exc}")
+    elif config.evidence.categories:
+        problems.add(
+            file,
+            "evidence.key_env",
+            f"the environment variable {env} is not set (nor in .env): evidence of illegal"
+            " images will NOT be kept; set it to 32 random bytes in base64"
+            " (openssl rand -base64 32)",
+            warning=True,
+        )
 
 
 def _unique(file: str, key: str, values: list[str], problems: Problems) -> None:

@@ -131,17 +131,25 @@ def _reject(status: int, reason: str, source: str = "?") -> web.Response:
 
 
 class Ingest:
-    """The webhook endpoints of the aiohttp server."""
+    """The webhook endpoints of the aiohttp server.
+
+    ``keep_personal`` (``[privacy] keep_personal_data``): store the IPs and emails a
+    delivery carries in the restricted table; off by default, so that wiring which
+    forgets the setting keeps nothing rather than too much.
+    """
 
     def __init__(
         self,
         sources: Mapping[str, WebhookSource],
         committer: GroupCommitter,
         max_body_bytes: int,
+        *,
+        keep_personal: bool = False,
     ) -> None:
         self.sources = dict(sources)
         self.committer = committer
         self.max_body_bytes = max_body_bytes
+        self.keep_personal = keep_personal
 
     def routes(self) -> list[web.RouteDef]:
         """``POST /webhooks/{kind}`` and ``POST /webhooks/{kind}/{source}``."""
@@ -212,6 +220,7 @@ class Ingest:
             delivery_id=delivery_id,
             kind=event.kind.value,
             payload=json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False),
+            personal=parsed.personal if self.keep_personal else None,
         )
         try:
             new = await self.committer.submit(row)

@@ -4,8 +4,9 @@ Every source (Discourse, the generic JSON schema) is parsed at the edge into the
 frozen dataclasses; the core trusts them. They round-trip through plain JSON so the
 inbox can store them (``to_dict`` / ``event_from_dict``).
 
-Personal data (IP addresses, emails) is deliberately absent: parsers drop it at the
-boundary, so nothing downstream can leak it into a chat room or a log line.
+Personal data (IP addresses, emails) is deliberately absent from the Event: parsers
+hand it over separately (:class:`PersonalData`) to the restricted table or drop it,
+so nothing downstream can leak it into a chat room or a log line.
 """
 
 from __future__ import annotations
@@ -226,14 +227,30 @@ class UnknownEvent(PayloadError):
 
 
 @dataclass(frozen=True, slots=True)
+class PersonalData:
+    """IP addresses and emails of one forum account, as one delivery carried them.
+
+    Restricted: it travels beside the :class:`Event`, never inside it, and goes only
+    to the restricted table (``bot.personal_data``), or nowhere.
+    """
+
+    user_id: str
+    username: str = ""
+    ips: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Parsed:
     """What a source's parser made of one delivery.
 
     ``event`` is None for deliveries that are valid but need no processing
     (a Discourse ``ping``, or an event type Vigil does not act on): the sender
-    gets its 200 and nothing is stored.
+    gets its 200 and nothing is stored. ``personal``: what the delivery carried
+    of the account's IP addresses and emails (restricted, see :class:`PersonalData`).
     """
 
     delivery_id: str
     event: Event | None
     note: str = ""
+    personal: PersonalData | None = None

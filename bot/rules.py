@@ -64,6 +64,7 @@ class ListSpec:
     allow: bool = False  # an allow-list of known false positives: overrides any match
     verdict: str = "block"  # what /v1/check answers for an upload on this list
     declared_in: str = ""
+    illegal: bool = False  # illegal material: originals are kept as evidence (bot.evidence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +181,12 @@ def _list(t: Table, config: Config) -> ListSpec | None:
     dihedral = t.bool("dihedral", True)
     allow = t.bool("allow", False)
     verdict = t.choice("verdict", VERDICTS, "allow" if allow else "block")
+    illegal = t.bool("illegal", False)
     t.finish()
     if not (name and file):
         return None
+    if allow and illegal:
+        t.error("illegal", "an allow-list clears images; it cannot also be a list of illegal ones")
     path = config.path.parent / file
     if not path.is_file():
         t.error("file", f"{path} not found; expected a hash list file")
@@ -198,6 +202,7 @@ def _list(t: Table, config: Config) -> ListSpec | None:
         allow=bool(allow),
         verdict=verdict or "block",
         declared_in=t.file,
+        illegal=bool(illegal),
     )
 
 
@@ -313,6 +318,16 @@ def _cross_check(ruleset: RuleSet, config: Config, problems: Problems) -> None:
             )
     check_schedules(ruleset.schedules, config, problems)
     check_policies(ruleset.policies, ruleset.schedules, config, problems)
+    env = config.evidence.key_env
+    for spec in ruleset.lists:
+        if spec.illegal and not config.secrets.get(env):
+            problems.add(
+                spec.declared_in,
+                f"list {spec.name!r}.illegal",
+                f"the evidence key ({env}) is not set: originals of images matched on this"
+                " list will NOT be kept as evidence; see docs/evidence.md",
+                warning=True,
+            )
 
 
 def evaluate(ruleset: RuleSet, event: Event, matches: Sequence[Match], now: datetime) -> Decision:

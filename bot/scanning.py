@@ -52,6 +52,9 @@ _CONCURRENT_FETCHES = 4
 # The share of the pipeline lease one event's images may take in all, so a post full
 # of trickling images ends before another worker would think this one dead.
 _BUDGET_SHARE_OF_LEASE = 0.5
+# Bytes one event may hold for the evidence stage: a post with hundreds of large images
+# must not exhaust memory (the images past it are recorded as evidence without bytes).
+_KEEP_BYTES_MAX = 256 * 1024 * 1024
 _TRANSIENT = re.compile(
     r"^(HTTP (408|429|5\d\d)\b|could not download from |host \S+ does not resolve)"
 )
@@ -151,8 +154,14 @@ class MediaScanner:
 
     async def fetch_and_hash(self, url: str, policy: MediaPolicy) -> ImageHashes:
         """Download and hash one image; MediaRefused or ImageRejected say why not."""
+        return (await self.fetch_bytes_and_hash(url, policy))[1]
+
+    async def fetch_bytes_and_hash(
+        self, url: str, policy: MediaPolicy
+    ) -> tuple[bytes, ImageHashes]:
+        """:meth:`fetch_and_hash` that also gives the bytes (for the evidence stage)."""
         fetched = await fetch_media(self.session(), url, policy)
-        return await self.pool.hash(fetched.data)
+        return fetched.data, await self.pool.hash(fetched.data)
 
     async def hash_bytes(self, data: bytes) -> ImageHashes:
         """Hash bytes already in hand (an upload to /v1/check)."""
@@ -168,7 +177,12 @@ class MediaScanner:
 
 
 class MediaStage:
-    """Fetch and hash every image of the event (``facts["media"]``: MediaResults)."""
+    """Fetch and hash every image of the event (``facts["media"]``: MediaResults).
+
+    ``keep_bytes`` (evidence is on): the bytes fetched stay in ``facts["media_bytes"]``
+    ({media index: bytes}) for this run of the event only; the evidence stage takes
+    them (bot.evidence.EvidenceStage) and nothing else stores them.
+    """
 
     name = "media"
 
@@ -179,12 +193,15 @@ class MediaStage:
         store: Store,
         max_attempts: int,
         lease_s: float,
+        *,
+        keep_bytes: bool = False,
     ) -> None:
         self.scanner = scanner
         self.lists = lists
         self.store = store
         self.max_attempts = max_attempts
         self.budget_s = max(1.0, lease_s * _BUDGET_SHARE_OF_LEASE)
+        self.keep_bytes = keep_bytes
 
     async def run(self, ctx: EventContext) -> None:
         """Hash what is not yet hashed; raise MediaUnavailable to retry a failing forum."""
@@ -262,7 +279,13 @@ class MediaStage:
                 reason = "the image has no URL"
             else:
                 try:
-                    hashes = await self.scanner.fetch_and_hash(url, policy)
+                    if self.keep_bytes:
+                        data, hashes = await self.scanner.fetch_bytes_and_hash(url, policy)
+                        kept = ctx.facts.setdefault("media_bytes", {})
+                        if sum(map(len, kept.values())) + len(data) <= _KEEP_BYTES_MAX:
+                            kept[index] = data
+                    else:
+                        hashes = await self.scanner.fetch_and_hash(url, policy)
                 except MediaRefused as e:
                     if is_transient(e.reason):
                         if not last_attempt:

@@ -9,6 +9,7 @@ recorded in ``PRAGMA user_version``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -17,9 +18,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
+
+if TYPE_CHECKING:
+    from bot.model import PersonalData
 
 log = logging.getLogger(__name__)
 
@@ -286,11 +290,72 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX escalation_log_at ON escalation_log (at);
     CREATE INDEX escalation_log_alert ON escalation_log (alert_id);
     """,
+    # 5: personal data (restricted, purged after [privacy] personal_data_days) and
+    # evidence of illegal matches (bytes encrypted under data_dir/evidence, purged at
+    # expires_at); see bot.personal_data and bot.evidence
+    """
+    CREATE TABLE personal_data (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        username TEXT NOT NULL DEFAULT '',
+        kind TEXT NOT NULL,  -- ip or email
+        value TEXT NOT NULL,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,  -- retention counts from here
+        UNIQUE (source, user_id, kind, value)
+    );
+    CREATE INDEX personal_data_seen ON personal_data (last_seen);
+    CREATE INDEX personal_data_username ON personal_data (source, username COLLATE NOCASE);
+
+    CREATE TABLE evidence (
+        id INTEGER PRIMARY KEY,
+        event_id INTEGER NOT NULL,
+        media_index INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        matches TEXT NOT NULL,  -- JSON [{list, kind, distance, category}]
+        sha256 TEXT,
+        sha1 TEXT,
+        hashes TEXT,  -- JSON of every hash of the image, when it was hashed
+        size INTEGER,  -- bytes of the original, when kept
+        file TEXT,  -- encrypted file name under the evidence directory; NULL: no bytes
+        note TEXT NOT NULL DEFAULT '',  -- why there are no bytes
+        metadata TEXT NOT NULL,  -- JSON: the event as stored (no personal data)
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        UNIQUE (event_id, media_index)
+    );
+    CREATE INDEX evidence_expires ON evidence (expires_at);
+    CREATE INDEX evidence_sha256 ON evidence (sha256);
+    CREATE INDEX evidence_file ON evidence (file);
+    """,
 )
 
 GENESIS_HASH = "0" * 64
 # Rows per INSERT statement: 6 parameters each, well under SQLite's 32,766 limit.
 _INSERT_CHUNK = 500
+
+
+def _inbox_insert(chunk: Sequence[InboxRow], now: float) -> tuple[str, list[Any]]:
+    """One multi-row INSERT OR IGNORE of deliveries; it returns only the rows inserted."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+    params: list[Any] = []
+    for r in chunk:
+        params += (r.source, r.delivery_id, r.kind, now, r.payload, now)
+    sql = (
+        "INSERT OR IGNORE INTO inbox (source, delivery_id, kind, received_at, payload,"
+        f" next_attempt_at) VALUES {values} RETURNING id, source, delivery_id"
+    )
+    return sql, params
+
+
+def _inserted_flags(rows: Sequence[InboxRow], inserted_keys: set[tuple[str, str]]) -> list[bool]:
+    inserted: list[bool] = []
+    for r in rows:
+        key = (r.source, r.delivery_id)
+        inserted.append(key in inserted_keys)
+        inserted_keys.discard(key)  # a second copy within the same batch is a duplicate
+    return inserted
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +366,8 @@ class InboxRow:
     delivery_id: str
     kind: str
     payload: str  # the normalised event as JSON
+    # IPs and emails the delivery carried: to the restricted table, never the payload
+    personal: PersonalData | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,26 +504,14 @@ class Store:
         """
         if not rows:
             return []
+        if any(r.personal is not None for r in rows):
+            return await self._insert_events_personal(rows, now)
         inserted_keys: set[tuple[str, str]] = set()
         for start in range(0, len(rows), _INSERT_CHUNK):
-            chunk = rows[start : start + _INSERT_CHUNK]
-            values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
-            params: list[Any] = []
-            for r in chunk:
-                params += (r.source, r.delivery_id, r.kind, now, r.payload, now)
-            # INSERT OR IGNORE ... RETURNING returns only the rows actually inserted.
-            sql = (
-                "INSERT OR IGNORE INTO inbox (source, delivery_id, kind, received_at, payload,"
-                f" next_attempt_at) VALUES {values} RETURNING source, delivery_id"
-            )
+            sql, params = _inbox_insert(rows[start : start + _INSERT_CHUNK], now)
             returned = await self._all(sql, params)
-            inserted_keys.update((s, d) for s, d in returned)
-        inserted: list[bool] = []
-        for r in rows:
-            key = (r.source, r.delivery_id)
-            inserted.append(key in inserted_keys)
-            inserted_keys.discard(key)  # a second copy within the same batch is a duplicate
-        return inserted
+            inserted_keys.update((r[1], r[2]) for r in returned)
+        return _inserted_flags(rows, inserted_keys)
 
     async def claim_events(self, now: float, lease_s: float, limit: int = 1) -> list[ClaimedEvent]:
         """Lease up to ``limit`` of the oldest ready events, in one statement.
@@ -1538,6 +1593,255 @@ class Store:
             (after, schedule, schedule),
         )
         return [dict(r) for r in rows]
+
+    # --- personal data, evidence, audit -----------------------------------------------
+    # Personal data (IP, email) lives only in its own table, read only through audited
+    # lookups (bot.personal_data). Evidence rows describe encrypted files kept under the
+    # evidence directory (bot.evidence). The audit readers serve `vigil audit`.
+
+    async def _insert_events_personal(self, rows: Sequence[InboxRow], now: float) -> list[bool]:
+        """:meth:`insert_events` for a batch carrying personal data: the inbox rows and
+        the restricted rows of the new deliveries commit together (a redelivery adds none)."""
+        inserted_keys: set[tuple[str, str]] = set()
+        async with self.transaction() as db:
+            for start in range(0, len(rows), _INSERT_CHUNK):
+                sql, params = _inbox_insert(rows[start : start + _INSERT_CHUNK], now)
+                async with db.execute(sql, params) as cur:
+                    inserted_keys.update((r[1], r[2]) for r in await cur.fetchall())
+            personal: list[tuple[Any, ...]] = []
+            done: set[tuple[str, str]] = set()
+            for r in rows:
+                key = (r.source, r.delivery_id)
+                if r.personal is None or key not in inserted_keys or key in done:
+                    continue
+                done.add(key)
+                p = r.personal
+                items = [("ip", v) for v in p.ips] + [("email", v) for v in p.emails]
+                personal += [
+                    (r.source, p.user_id, p.username, kind, value, now, now)
+                    for kind, value in items
+                ]
+            if personal:
+                await db.executemany(
+                    "INSERT INTO personal_data (source, user_id, username, kind, value,"
+                    " first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (source, user_id, kind, value) DO UPDATE SET"
+                    " last_seen = MAX(last_seen, excluded.last_seen),"
+                    " username = CASE WHEN excluded.username != '' THEN excluded.username"
+                    "   ELSE username END",
+                    personal,
+                )
+        return _inserted_flags(rows, inserted_keys)
+
+    async def personal_lookup(
+        self, source: str | None, user: str, audit: AuditItem, now: float
+    ) -> list[dict[str, Any]]:
+        """The personal data of one account (by forum id or username, of one source or
+        all), read and audited in one transaction; the audit entry holds no value."""
+        async with self.transaction() as db:
+            async with db.execute(
+                "SELECT source, user_id, username, kind, value, first_seen, last_seen"
+                " FROM personal_data WHERE (? IS NULL OR source = ?)"
+                " AND (user_id = ? OR username = ? COLLATE NOCASE)"
+                " ORDER BY source, user_id, kind, last_seen DESC",
+                (source, source, user, user),
+            ) as cur:
+                rows = [dict(r) for r in await cur.fetchall()]
+            detail = {**(audit.detail or {}), "found": len(rows)}
+            await self._audit_in(db, dataclasses.replace(audit, detail=detail), now)
+        return rows
+
+    async def personal_for_accounts(
+        self, accounts: Sequence[tuple[str, str]]
+    ) -> list[dict[str, Any]]:
+        """Personal data of ``(source, user id)`` accounts (for an admin's export only)."""
+        out: list[dict[str, Any]] = []
+        for source, user_id in sorted(set(accounts)):
+            rows = await self._all(
+                "SELECT source, user_id, username, kind, value, first_seen, last_seen"
+                " FROM personal_data WHERE source = ? AND user_id = ? ORDER BY kind, last_seen",
+                (source, user_id),
+            )
+            out += [dict(r) for r in rows]
+        return out
+
+    async def personal_rows(self) -> list[dict[str, Any]]:
+        """Every row of the restricted table (tests and retention checks)."""
+        return [dict(r) for r in await self._all("SELECT * FROM personal_data ORDER BY id")]
+
+    async def purge_personal(self, before: float, now: float) -> int:
+        """Delete personal data last seen before ``before``; audited when any went."""
+        async with self.transaction() as db:
+            cur = await db.execute("DELETE FROM personal_data WHERE last_seen < ?", (before,))
+            removed = cur.rowcount
+            if removed:
+                await self._audit_in(
+                    db,
+                    AuditItem(
+                        actor="vigil",
+                        action="purge_personal_data",
+                        target="personal_data",
+                        reason="retention",
+                        outcome="ok",
+                        detail={"rows": removed, "last_seen_before": before},
+                    ),
+                    now,
+                )
+        return removed
+
+    async def evidence_exists(self, event_id: int, media_index: int) -> bool:
+        """Whether an image of an event already has its evidence record (a retried event)."""
+        row = await self._one(
+            "SELECT 1 FROM evidence WHERE event_id = ? AND media_index = ?", (event_id, media_index)
+        )
+        return row is not None
+
+    async def evidence_file_for(self, sha256: str | None, sha1: str | None) -> str | None:
+        """An encrypted file already kept for the same image (a repost), if any."""
+        row = await self._one(
+            "SELECT file FROM evidence WHERE file IS NOT NULL AND ((? IS NOT NULL AND sha256 = ?)"
+            " OR (? IS NOT NULL AND sha1 = ?)) ORDER BY id LIMIT 1",
+            (sha256, sha256, sha1, sha1),
+        )
+        return row[0] if row else None
+
+    async def add_evidence(
+        self, record: dict[str, Any], audit: AuditItem, now: float
+    ) -> int | None:
+        """Record one kept image and its audit entry; None if the image had one already."""
+        cols = (
+            "event_id",
+            "media_index",
+            "source",
+            "matches",
+            "sha256",
+            "sha1",
+            "hashes",
+            "size",
+            "file",
+            "note",
+            "metadata",
+            "created_at",
+            "expires_at",
+        )
+        async with self.transaction() as db:
+            async with db.execute(
+                f"INSERT OR IGNORE INTO evidence ({', '.join(cols)})"
+                f" VALUES ({', '.join('?' * len(cols))}) RETURNING id",
+                [record[c] for c in cols],
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            evidence_id = int(row[0])
+            detail = {**(audit.detail or {}), "evidence_id": evidence_id}
+            await self._audit_in(db, dataclasses.replace(audit, detail=detail), now)
+        return evidence_id
+
+    async def evidence_record(self, evidence_id: int) -> dict[str, Any] | None:
+        """One evidence row."""
+        row = await self._one("SELECT * FROM evidence WHERE id = ?", (evidence_id,))
+        return dict(row) if row else None
+
+    async def evidence_records(
+        self, event_ids: Sequence[int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Evidence rows (of some events), oldest first."""
+        if event_ids is None:
+            return [dict(r) for r in await self._all("SELECT * FROM evidence ORDER BY id")]
+        if not event_ids:
+            return []
+        marks = ",".join("?" * len(event_ids))
+        rows = await self._all(
+            f"SELECT * FROM evidence WHERE event_id IN ({marks}) ORDER BY id", list(event_ids)
+        )
+        return [dict(r) for r in rows]
+
+    async def purge_evidence(self, now: float) -> tuple[list[int], list[str]]:
+        """Delete evidence rows past ``expires_at`` (audited); returns their ids and the
+        files no remaining row refers to, for the caller to delete after the commit."""
+        async with self.transaction() as db:
+            async with db.execute(
+                "DELETE FROM evidence WHERE expires_at <= ? RETURNING id, file", (now,)
+            ) as cur:
+                gone = [(int(r[0]), r[1]) for r in await cur.fetchall()]
+            if not gone:
+                return [], []
+            files: list[str] = []
+            for name in sorted({f for _, f in gone if f}):
+                async with db.execute(
+                    "SELECT 1 FROM evidence WHERE file = ? LIMIT 1", (name,)
+                ) as c:
+                    if await c.fetchone() is None:
+                        files.append(name)
+            ids = sorted(i for i, _ in gone)
+            await self._audit_in(
+                db,
+                AuditItem(
+                    actor="vigil",
+                    action="purge_evidence",
+                    target="evidence",
+                    reason="retention",
+                    outcome="ok",
+                    detail={"ids": ids, "files": len(files)},
+                ),
+                now,
+            )
+        return ids, files
+
+    async def evidence_files(self) -> set[str]:
+        """Every file name an evidence row refers to (to find orphans)."""
+        rows = await self._all("SELECT DISTINCT file FROM evidence WHERE file IS NOT NULL")
+        return {r[0] for r in rows}
+
+    async def audit_chain(self) -> list[tuple[Any, ...]]:
+        """Every audit row exactly as stored (detail as its JSON text), oldest first:
+        (id, at, actor, action, target, alert_id, reason, outcome, detail, prev_hash, hash)."""
+        rows = await self._all(
+            "SELECT id, at, actor, action, target, alert_id, reason, outcome, detail,"
+            " prev_hash, hash FROM audit ORDER BY id"
+        )
+        return [tuple(r) for r in rows]
+
+    async def audit_query(
+        self,
+        *,
+        actor: str | None = None,
+        alert_id: int | None = None,
+        action: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        targets: Sequence[str] = (),
+    ) -> list[AuditEntry]:
+        """Audit entries matching every filter given (actor case-insensitive; an alert
+        also brings the entries whose target is one of ``targets``), oldest first."""
+        where = ["(? IS NULL OR actor = ? COLLATE NOCASE)", "(? IS NULL OR action = ?)"]
+        params: list[Any] = [actor, actor, action, action]
+        where += ["(? IS NULL OR at >= ?)", "(? IS NULL OR at < ?)"]
+        params += [since, since, until, until]
+        if alert_id is not None:
+            marks = ",".join("?" * len(targets))
+            where.append(f"(alert_id = ?{f' OR target IN ({marks})' if targets else ''})")
+            params += [alert_id, *targets]
+        rows = await self._all(
+            f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY id", params
+        )
+        return [
+            AuditEntry(
+                r["id"],
+                r["at"],
+                r["actor"],
+                r["action"],
+                r["target"],
+                r["alert_id"],
+                r["reason"],
+                r["outcome"],
+                json.loads(r["detail"]),
+                r["prev_hash"],
+                r["hash"],
+            )
+            for r in rows
+        ]
 
 
 def now_s() -> float:
