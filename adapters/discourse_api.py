@@ -2,7 +2,9 @@
 
 Hide acts on the post's reviewable when Vigil knows it (``PUT /review/{id}/perform/
 {action}?version=N``), else flags the post as staff with ``take_action`` (Discourse
-hides it at once). Delete, unhide, suspend and silence are one call each.
+hides it at once). Delete, unhide, suspend and silence are one call each. A site
+setting (a lockdown switching image posting off) is ``PUT /admin/site_settings/{name}``
+with ``{name: value}``, which needs an admin's API key.
 
 HTTP failures never raise: they come back as ``ActionOutcome(ok=False)`` with a short
 detail (status, path, Discourse's first error message) fit for an alert and the audit
@@ -39,6 +41,7 @@ HIDE_ACTION_PREFERENCE = (
 )
 _NUMERIC_ID = re.compile(r"[1-9][0-9]{0,18}")
 _ACTION_ID = re.compile(r"[a-z0-9_\-]{1,64}")
+_SETTING_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
 _DETAIL_MAX = 200
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -107,6 +110,16 @@ class DiscourseForum:
                     f"/admin/users/{user}/silence.json",
                     body,
                     f"silenced user {user} until {until}",
+                )
+            if action.kind is ActionKind.SITE_SETTING:
+                name = action.setting or ""
+                if not _SETTING_NAME.fullmatch(name) or action.value is None:
+                    raise _BadAction(f"cannot change site setting {_show(name)}: bad name or value")
+                return await self._call(
+                    "PUT",
+                    f"/admin/site_settings/{name}",
+                    {name: action.value},
+                    f"set site setting {name} to {action.value[:60]!r}",
                 )
         except _BadAction as exc:
             return ActionOutcome(ok=False, detail=str(exc))

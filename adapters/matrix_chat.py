@@ -43,10 +43,12 @@ from nio import (
 )
 
 from bot.clock import Clock, SystemClock
-from bot.ports import (
+from bot.ports import (  # ChatError, ChatSendError: re-exported, tests import them here
     ChatCommand,
+    ChatError,
     ChatMessage,
     ChatReaction,
+    ChatSendError,
     CommandHandler,
     ReactionHandler,
     StateStore,
@@ -61,21 +63,6 @@ _EVENT_TYPES = ["m.room.message", "m.reaction"]
 _RECENT_EVENTS = 10_000  # duplicate window within one process
 _GAP_FILL_PAGES = 20  # pages of /messages fetched to fill one limited timeline
 _HANDLER_ATTEMPTS = 3  # a handler that keeps failing on one event is skipped after this
-
-
-class ChatError(Exception):
-    """The chat system could not do what was asked."""
-
-
-class ChatSendError(ChatError):
-    """Sending to the homeserver failed; ``retry_after`` (seconds) when it said so."""
-
-    def __init__(
-        self, message: str, *, errcode: str | None = None, retry_after: float | None = None
-    ):
-        super().__init__(message)
-        self.errcode = errcode
-        self.retry_after = retry_after
 
 
 def _pill(user_id: str) -> str:
@@ -558,11 +545,23 @@ class MatrixChat:
             pills = [_pill(user) for user in message.mentions if _pill(user) not in formatted]
             if pills:
                 formatted = " ".join(pills) + ": " + formatted
+        mentions: dict[str, Any] = {}
+        if message.mentions:
+            mentions["user_ids"] = list(message.mentions)
+        if message.mention_room:
+            # Intentional mentions notify on "room": true; "@room" in the body is for
+            # readers and older clients. Either needs the bot's power level to be at
+            # least the room's notifications.room (50 by default).
+            mentions["room"] = True
+            if "@room" not in body:
+                body = "@room " + body
+            if formatted is not None and "@room" not in formatted:
+                formatted = "@room " + formatted
         content: dict[str, Any] = {
             "msgtype": "m.text",
             "body": body,
             # Always present: an empty object means "pings nobody" to modern clients.
-            "m.mentions": {"user_ids": list(message.mentions)} if message.mentions else {},
+            "m.mentions": mentions,
         }
         if formatted is not None:
             content["format"] = "org.matrix.custom.html"

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     print(
-        f"\n{'edit':<14}{'group':<8}{'n':>5}{'plain':>8}{'confident':>11}{'any tier':>10}"
+        f"\n{'edit':<20}{'group':<8}{'n':>5}{'plain':>8}{'confident':>11}{'any tier':>10}"
         f"{'target':>9}  met"
     )
     for r in results.values():
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         rows.append(row)
         print(
-            f"{r.name:<14}{r.group:<8}{r.n:>5}{r.plain / r.n:>8.1%}{r.confident / r.n:>11.1%}"
+            f"{r.name:<20}{r.group:<8}{r.n:>5}{r.plain / r.n:>8.1%}{r.confident / r.n:>11.1%}"
             f"{r.any_tier / r.n:>10.1%}{f'>={target:.0%}' if target else '-':>9}  "
             f"{'-' if met is None else 'yes' if met else 'NO'}"
         )

@@ -133,8 +133,30 @@ def target_of(event: Event, matches: Sequence[Match]) -> dict[str, Any]:
             "version": report.version,
             "actions": list(report.actions),
             "score": report.score,
+            "status": report.status,
+            "reporter": scrub(report.reporter, 60) if report.reporter else None,
+            "reason": scrub(report.reason, 160) if report.reason else None,
         }
+        if report.kind.value != "queued_post":
+            from bot.reports import report_entry  # bot.reports builds on this module
+
+            target["reports"] = [report_entry(event)]
+            target["report_count"] = 1
     return target
+
+
+def image_check(media: Sequence[Any], matches: Sequence[Match]) -> dict[str, Any]:
+    """What the image check found for one event (``MediaResult``s and matches), for the
+    alert of a post held for approval: how many images, hashed, matched, not checked."""
+    matched = {m.media_index for m in matches}
+    unchecked = [scrub(r.reason, 120) for r in media if r.hashes is None and r.reason]
+    return {
+        "total": len(media),
+        "hashed": sum(1 for r in media if r.hashes is not None),
+        "matched": len(matched),
+        "lists": sorted({m.list for m in matches}),
+        "unchecked": unchecked[:3],
+    }
 
 
 def summary_of(target: Mapping[str, Any], rules: Sequence[str]) -> str:
@@ -179,6 +201,7 @@ def _age(iso: str | None, now: float) -> str | None:
 # --- rendering -----------------------------------------------------------------------
 
 _SEVERITY_MARK = {"critical": "🚨", "high": "🔴", "medium": "🟠", "low": "🟡"}
+DISTRESSING_LINE = "⚠ Distressing material: do not open the post; act from the buttons"
 _MORE_LINKS = 5
 
 
@@ -252,11 +275,17 @@ def _target_lines(t: TargetRecord, links: SourceLinks | None, now: float) -> lis
         bits_t.append(lt)
         bits_h.append(lh)
     lines.append(_Line(" · ".join(bits_t), " · ".join(bits_h)))
-    if report:
-        text = f"Report: {report['kind'].replace('_', ' ')}"
-        if report.get("score") is not None:
-            text += f", score {report['score']:g}"
+    if data.get("held"):
+        text = (
+            "⏸ Held for approval: members cannot see it yet. ✅ rejects it; ❎ leaves it in"
+            " the forum's approval queue."
+        )
         lines.append(_Line(text, html.escape(text)))
+        check = data.get("image_check")
+        if check:
+            lines.append(_check_line(check))
+    if report and (report.get("kind") != "queued_post" or not data.get("held")):
+        lines.append(_report_line(data, report))
     who = data.get("username") or "unknown"
     parts = [f"Author: {who}"]
     if data.get("user_id"):
@@ -276,6 +305,47 @@ def _target_lines(t: TargetRecord, links: SourceLinks | None, now: float) -> lis
         html_text += " · " + lh
     lines.append(_Line(text, html_text))
     return lines
+
+
+def _report_line(data: Mapping[str, Any], report: Mapping[str, Any]) -> _Line:
+    """``Report: flagged post, score 6 · 3 reports: alice (spam), bob, member 12``."""
+    text = f"Report: {str(report.get('kind', 'other')).replace('_', ' ')}"
+    if report.get("score") is not None:
+        text += f", score {report['score']:g}"
+    entries = data.get("reports") or []
+    count = int(data.get("report_count") or len(entries) or 1)
+    shown = []
+    for e in entries:
+        if not e.get("by"):
+            continue
+        shown.append(f"{e['by']} ({e['reason']})" if e.get("reason") else str(e["by"]))
+    if shown or count > 1:
+        text += f" · {count} report{'s' if count != 1 else ''}"
+        if shown:
+            text += " by " + ", ".join(shown)
+    elif report.get("reason"):
+        text += f" · reason: {report['reason']}"
+    if report.get("status") not in (None, "pending"):
+        text += f" · on the forum: {report['status']}"
+    return _Line(text, html.escape(text))
+
+
+def _check_line(check: Mapping[str, Any]) -> _Line:
+    """What the image check found before anyone approved a held post."""
+    total = int(check.get("total") or 0)
+    n = f"{total} image{'s' if total != 1 else ''}"
+    if not total:
+        text = "Image check before approval: no images"
+    elif check.get("matched"):
+        text = (
+            f"Image check before approval: {check['matched']} of {n} on a list"
+            f" ({', '.join(check.get('lists') or ())}): do not approve"
+        )
+    else:
+        text = f"Image check before approval: {check.get('hashed', 0)} of {n} checked, no match"
+    for reason in check.get("unchecked") or ():
+        text += f"; not checked: {reason}"
+    return _Line(text, html.escape(text))
 
 
 def _auto_lines(alert: AlertRecord) -> list[_Line]:
@@ -323,9 +393,15 @@ def render_alert(
     if alert.dry_run:
         head += " · DRY RUN: forum actions are simulated"
     lines = [_Line(head, f"<b>{html.escape(head)}</b>")]
+    if any(t.target.get("distressing") for t in alert.targets):
+        # First, before anything that might tempt a click: the people acting matter too.
+        lines.insert(0, _Line(DISTRESSING_LINE, f"<b>{html.escape(DISTRESSING_LINE)}</b>"))
     first, rest = alert.targets[0] if alert.targets else None, alert.targets[1:]
     if first is not None:
         lines += _target_lines(first, source_links, now)
+    elif alert.summary:
+        # An alert about no post (a raid that started a lockdown): its summary says it all.
+        lines.append(_Line(alert.summary, html.escape(alert.summary)))
     if rest:
         who = (first.target.get("username") if first else None) or "the same author"
         urls = [_post_url(t.target, source_links) for t in rest[-_MORE_LINKS:]]
@@ -358,14 +434,24 @@ def render_alert(
     )
 
 
-def help_text() -> ChatMessage:
-    """The legend of buttons and commands (``!help``)."""
+def help_text(reach: Sequence[str] = ()) -> ChatMessage:
+    """The legend of buttons and commands (``!help``); ``reach``: how to reach a person
+    on call now (bot.moderation.reach_lines), shown first."""
     rows = [
+        *reach,
         "Vigil: react under an alert, or type a command with the alert's number.",
         *(f"{b.key}  {b.label}" for b in BUTTONS),
         "!ack N · !takedown N · !dismiss N · !restore N · !delete N · !suspend N · !confirm N",
         "!status: open alerts, lists loaded, feed health",
-        "Volunteers may ack and take down; moderators also suspend, delete, dismiss,"
-        " restore; admins everything. Redacting a reaction undoes nothing: ↩️ does.",
+        "!oncall: who is on call now and next (your time zone) · !report [days]: alerts,"
+        " time to ack and to take down, pages, who handled what",
+        '!override SCHEDULE FROM TO ["PERSON"] [instead "PERSON"]: take a shift'
+        " (moderators; FROM now or 22:00, TO 07:00 or 4h, your time zone)",
+        "!lockdown on [2h] · !lockdown off · !lockdown status: image posts from new accounts"
+        " are hidden (and, where set up, switched off on the forum) while it is on",
+        "Volunteers may ack, take down and start a lockdown; moderators also suspend, delete,"
+        " dismiss, restore and end a lockdown; admins everything."
+        " Redacting a reaction undoes nothing: ↩️ does.",
+        "You never need to open an image to act: the alert says what matched.",
     ]
     return ChatMessage(text="\n".join(rows), html="<br>\n".join(html.escape(r) for r in rows))

@@ -17,13 +17,18 @@ from aiohttp import web
 
 from bot import metrics
 from bot.chat_service import ChatService
+from bot.check_api import CheckApi
 from bot.clock import Clock, SystemClock
 from bot.config import Config, SourceConfig, SourceKind
-from bot.check_api import CheckApi
+from bot.escalation import EscalationEngine, prime_metrics
+from bot.evidence import EvidenceVault
+from bot.health import Health, Heartbeat, SilenceMonitor, SystemAlerts, make_heartbeat
 from bot.ingest import GroupCommitter, Ingest, WebhookSource
 from bot.lists import ListRegistry
+from bot.personal_data import RetentionTask
 from bot.pipeline import Pipeline, Stage
 from bot.ports import ChatPort, ForumPort, WebhookParser
+from bot.raids import LockdownManager
 from bot.rules import RuleSet, load_rules
 from bot.scanning import MediaScanner
 from bot.schema import Problems
@@ -59,6 +64,18 @@ def make_chats(app: App) -> dict[str, ChatPort]:
             device_name=cfg.matrix.device_name,
             rooms=rooms,
             state=app.store,
+        )
+    if cfg.discord is not None and app.store is not None:
+        from adapters.discord_chat import DiscordChat
+
+        ports["discord"] = DiscordChat(
+            cfg.secret(cfg.discord.token_env) or "",
+            cfg.discord.guild_id,
+            roster=lambda user: cfg.staff_by_chat_id("discord", user),
+            state=app.store,
+            rooms=[r.discord for r in cfg.rooms if r.discord],
+            message_content=cfg.discord.message_content,
+            mention_role=cfg.discord.mention_role,
         )
     return ports
 
@@ -181,6 +198,13 @@ class App:
         self.port: int | None = None
         self.lists: ListRegistry | None = None  # hash lists in force (bot.lists)
         self.scanner: MediaScanner | None = None  # media fetch + hash pool (bot.scanning)
+        self.health: Health | None = None  # /healthz and the gauges (bot.health)
+        self.silence: SilenceMonitor | None = None  # feed-silence alarm (bot.health)
+        self.heartbeat: Heartbeat | None = None  # call to an outside monitor (bot.health)
+        self.lockdown: LockdownManager | None = None  # raids and lockdowns (bot.raids)
+        self.vault: EvidenceVault | None = None  # encrypted evidence (bot.evidence)
+        self.retention: RetentionTask | None = None  # purges personal data and evidence
+        self.escalation: EscalationEngine | None = None  # pages people (bot.escalation)
 
     async def start(self) -> None:
         """Open the store, start the writer and workers, then listen for webhooks."""
@@ -193,6 +217,10 @@ class App:
         self.lists = ListRegistry(cfg.service.data_dir / "lists-cache", self.store, self.clock)
         await self.lists.load(self.rules)
         self.scanner = MediaScanner(cfg)
+        # Evidence before the workers: its stage needs the vault (off without a key).
+        self.vault = EvidenceVault.from_config(cfg)
+        self.retention = RetentionTask(self.store, cfg, self.clock, self.vault)
+        self.retention.start()
         await self._start_chat()
         self.pipeline = Pipeline(self.store, self._stage_factory(self), cfg.pipeline, self.clock)
         self.committer = GroupCommitter(
@@ -205,8 +233,14 @@ class App:
             )
             for s in cfg.sources
         }
-        self.ingest = Ingest(sources, self.committer, cfg.ingest.max_body_bytes)
+        self.ingest = Ingest(
+            sources,
+            self.committer,
+            cfg.ingest.max_body_bytes,
+            keep_personal=cfg.privacy.keep_personal_data,
+        )
         self.pipeline.start()
+        self._start_health()
         # In-flight requests only wait for a commit; a few seconds is plenty to drain them.
         self.runner = web.AppRunner(self.web_app(), access_log=None, shutdown_timeout=3.0)
         await self.runner.setup()
@@ -216,6 +250,11 @@ class App:
         if self.watch_rules:
             self.watcher = RulesWatcher(self)
             self.watcher.start()
+        # Only once listening: a heartbeat says Vigil can take webhooks.
+        assert self.health is not None
+        self.heartbeat = make_heartbeat(cfg, self.clock, self.health.report)
+        if self.heartbeat is not None:
+            self.heartbeat.start()
         log.info(
             "vigil listening on %s:%s with %d sources, %d rules, %d lists%s",
             cfg.service.host,
@@ -243,6 +282,9 @@ class App:
             from bot.store import AlertRecord
 
             assert isinstance(alert, AlertRecord)
+            if alert.resolution in ("taken_down", "suspended", "deleted") and alert.resolved_at:
+                took = max(0.0, alert.resolved_at - alert.created_at)
+                metrics.TIME_TO_TAKEDOWN.labels(alert.severity).observe(took)
             if self.lists is None or alert.resolution not in ("taken_down", "suspended", "deleted"):
                 return
             for t in alert.targets:
@@ -263,8 +305,57 @@ class App:
             forum,
             lists_status=lists_status,
             on_resolved=bank,
+            rules=lambda: self.rules,
+            alert_changed=self._alert_changed,
         )
         await self.chat.start()
+        # After the chat service: its outbox carries the pages. The first pass sweeps
+        # alerts a previous run left without an escalation and fires overdue steps once.
+        self.escalation = EscalationEngine(
+            self.store,
+            self.clock,
+            lambda: self.rules,
+            self.config,
+            on_queued=self.chat.outbox.wake,
+        )
+        prime_metrics(self.rules)
+        self.escalation.start_loop()
+        await self._start_lockdown(forum)
+
+    async def _start_lockdown(self, forum: Callable[[str], ForumPort]) -> None:
+        """The lockdown state machine (bot.raids): its state from the store, its timer on
+        the clock (an overdue end or reminder happens now), ``!lockdown`` in chat."""
+        assert self.store is not None and self.chat is not None
+        self.lockdown = LockdownManager(
+            self.config,
+            self.store,
+            self.clock,
+            rooms=self.chat.room_addresses,
+            forums=forum,
+            wake_outbox=self.chat.outbox.wake,
+            on_alert=lambda _alert_id: self._alert_changed(),
+        )
+        await self.lockdown.load()
+        self.chat.moderation.lockdown = self.lockdown
+        self.lockdown.start_loop()
+
+    def _alert_changed(self) -> None:
+        """An alert was created, acked or resolved: the escalation engine looks now."""
+        if self.escalation is not None:
+            self.escalation.wake()
+
+    def _start_health(self) -> None:
+        """The health model and the feed-silence alarm (bot.health)."""
+        assert self.store is not None
+        started = self.clock.now()
+        self.health = Health(
+            self.config, self.store, self.clock, chat=self.chat, started_at=started
+        )
+        alerts = SystemAlerts(self.config, self.store, self.clock, self.chat)
+        self.silence = SilenceMonitor(
+            self.config, self.store, self.clock, alerts, started_at=started
+        )
+        self.silence.start()
 
     def _bound_port(self) -> int | None:
         assert self.runner is not None
@@ -285,31 +376,15 @@ class App:
         return app
 
     async def healthz(self, _request: web.Request) -> web.Response:
-        """Database reachable, inbox backlog, newest event per source, open problems."""
-        assert self.store is not None
-        body: dict[str, object] = {"status": "ok"}
-        status = 200
-        try:
-            counts = await self.store.inbox_counts()
-            last = await self.store.last_event_at()
-            problems = await self.store.open_problems()
-        except Exception as exc:  # the health check must answer even when the DB does not
-            return web.json_response(
-                {"status": "error", "database": f"unavailable: {type(exc).__name__}"}, status=503
-            )
-        now = self.clock.now()
-        metrics.INBOX_PENDING.set(counts.get("pending", 0))
-        body["database"] = "ok"
-        body["inbox"] = counts
-        body["last_event_age_s"] = {s: round(now - t, 1) for s, t in last.items()}
-        body["open_problems"] = len(problems)
-        if counts.get("parked", 0):
-            body["status"] = "degraded"
-            status = 503
-        return web.json_response(body, status=status)
+        """The health model of bot.health: 200 when all is well, 503 and what is failing."""
+        assert self.health is not None
+        report = await self.health.report()
+        return web.json_response(report.body, status=report.http_status)
 
     async def metrics(self, _request: web.Request) -> web.Response:
-        """Prometheus text format."""
+        """Prometheus text format (the health gauges are refreshed first)."""
+        if self.health is not None:
+            await self.health.report()
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def reload_rules(self) -> bool:
@@ -326,12 +401,17 @@ class App:
         if self.lists is not None:
             await self.lists.reload(new)  # a list that fails keeps its old version
         self.rules = new
+        prime_metrics(new)
         metrics.RULES_RELOADS.labels("applied").inc()
         log.info("rules reloaded: %d rules, %d lists", len(new.rules), len(new.lists))
         return True
 
     async def stop(self) -> None:
         """Stop taking deliveries, commit what was accepted, drain the workers, close."""
+        if self.heartbeat:
+            await self.heartbeat.stop()
+        if self.silence:
+            await self.silence.stop()
         if self.watcher:
             await self.watcher.stop()
         if self.runner:
@@ -340,12 +420,18 @@ class App:
             await self.committer.close()
         if self.pipeline:
             await self.pipeline.stop()
+        if self.escalation:
+            await self.escalation.stop()  # it queues pages for the chat outbox: stop it first
+        if self.lockdown:
+            await self.lockdown.stop()  # its state stays in the store for the next start
         if self.chat:
             await self.chat.stop()
         if self._forum_session is not None:
             await self._forum_session.close()
         if self.scanner:
             await self.scanner.close()
+        if self.retention:
+            await self.retention.stop()
         if self.store:
             await self.store.close()
         log.info("vigil stopped")
@@ -354,14 +440,28 @@ class App:
 def default_stages(app: App) -> list[Stage]:
     """The stages of a running service, in order."""
     from bot.chat_service import AlertStage
+    from bot.evidence import EvidenceStage
+    from bot.raids import SignalsStage
     from bot.scanning import MatchStage, MediaStage
     from bot.stages import RulesStage
 
     assert app.lists is not None and app.scanner is not None and app.store is not None
+    assert app.vault is not None
     pipe = app.config.pipeline
     return [
-        MediaStage(app.scanner, app.lists, app.store, pipe.max_attempts, pipe.lease_s),
+        MediaStage(
+            app.scanner,
+            app.lists,
+            app.store,
+            pipe.max_attempts,
+            pipe.lease_s,
+            keep_bytes=app.vault.enabled,  # the bytes of matched images, for the evidence
+        ),
         MatchStage(app.lists, app.store),
+        EvidenceStage(app.vault, app.store, lambda: app.rules, app.config.evidence.categories),
+        # Account age, distinct reporters, raid counters, lockdown: what rules may ask.
+        SignalsStage(app.store, lambda: app.rules, app.lockdown),
         RulesStage(lambda: app.rules),
         *([AlertStage(app.chat)] if app.chat is not None else []),
+        metrics.MetricsStage(),  # last: counts only what got through every stage
     ]

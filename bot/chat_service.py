@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 
 from bot.actions import ActionRunner, ForumLookup, new_action
-from bot.alerts import SourceLinks, incident_key, summary_of, target_of
+from bot.alerts import SourceLinks, image_check, incident_key, summary_of, target_of
 from bot.clock import Clock
 from bot.config import Config, SourceKind
+from bot.model import EventKind
 from bot.moderation import Moderation, OnResolved
 from bot.outbox import Outbox
 from bot.pipeline import EventContext
 from bot.ports import ChatPort
-from bot.rules import Decision
+from bot.rules import Decision, RuleSet
 from bot.store import IncidentAlert, NewAction, NewIncident, Store
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,16 @@ class ChatService:
         *,
         lists_status: ListsStatus | None = None,
         on_resolved: OnResolved | None = None,
+        rules: Callable[[], RuleSet] | None = None,
+        alert_changed: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.ports = dict(ports)
         self.lists_status = lists_status
+        # Told when an alert is created, acked or resolved (the escalation engine's wake).
+        self.alert_changed = alert_changed or (lambda: None)
         links = {
             s.name: SourceLinks(s.base_url, s.kind == SourceKind.DISCOURSE) for s in config.sources
         }
@@ -63,6 +69,8 @@ class ChatService:
             wake_outbox=self.outbox.wake,
             status=self.status_lines,
             on_resolved=on_resolved,
+            rules=rules,
+            alert_changed=self.alert_changed,
         )
         self.runner = ActionRunner(
             store,
@@ -106,6 +114,10 @@ class ChatService:
                 raise
             except Exception as exc:
                 log.error("chat %s could not start (%s); retrying in %.0fs", name, exc, delay)
+                try:  # a page must not wait for a chat that is down
+                    await self.outbox.fail_over(name)
+                except Exception:
+                    log.exception("chat %s: could not queue the fallbacks of its pages", name)
                 if not reported:
                     reported = True
                     await self.store.add_problem(
@@ -207,6 +219,11 @@ class AlertStage:
         config = service.config
         event = ctx.event
         target = target_of(event, decision.matches)
+        if decision.distressing:
+            target["distressing"] = True  # the alert says so first (bot.alerts)
+        if target.get("held"):
+            # What the check found before anyone approves the post (bot.alerts).
+            target["image_check"] = image_check(ctx.facts.get("media", ()), decision.matches)
         rules = ", ".join(decision.rules)
         why = "; ".join(
             f"list {m.list} ({m.kind}, distance {m.distance})" for m in decision.matches
@@ -225,15 +242,20 @@ class AlertStage:
             )
             for kind in decision.actions
         ]
+        if event.report is not None and await self._join_report(ctx, decision, actions):
+            return
         alert = None
         if decision.alert:
             severity = decision.severity.value if decision.severity else "medium"
+            summary = summary_of(target, decision.rules)
+            if decision.distressing:  # pages quote the summary: they must warn too
+                summary = "⚠ Distressing material, do not open the post · " + summary
             alert = IncidentAlert(
                 incident_key=incident_key(event),
                 source=event.source,
                 severity=severity,
                 room=decision.room,
-                summary=summary_of(target, decision.rules),
+                summary=summary,
                 rules=decision.rules,
                 target=target,
                 rooms=service.room_addresses(decision.room),
@@ -247,5 +269,53 @@ class AlertStage:
         )
         ctx.facts["alert_id"] = result.alert_id
         service.outbox.wake()
+        if result.alert_id is not None:
+            service.alert_changed()  # the first page must not wait for the engine's poll
         if result.pending_actions:
             await service.runner.perform(result.pending_actions)
+
+    async def _join_report(
+        self, ctx: EventContext, decision: Decision, actions: list[NewAction]
+    ) -> bool:
+        """A report on a post an open alert already shows joins that alert (bot.reports):
+        its reporter, reason and score are added, its actions act on that alert's post
+        (one already hidden is not hidden twice). False when there is no such alert."""
+        from bot.reports import merge_report, reported_post
+
+        service = self.service
+        event = ctx.event
+        report = event.report
+        assert report is not None
+        joined = await service.store.report_join(ctx.id)
+        if joined is None:
+            found = await service.store.open_alert_with(
+                event.source, reported_post(event), report.id
+            )
+            if found is None:
+                # A report the forum has already settled (approved, rejected, ignored;
+                # often by Vigil's own takedown) opens no new alert.
+                return event.kind is EventKind.REPORT_UPDATED and report.status != "pending"
+            alert_id, target_event, _target, hidden = found
+        else:  # a retry of an event already merged: only its actions may be left to do
+            alert_id, target_event, hidden = joined, ctx.id, 0
+        skip = {"hide"} if hidden else set()
+        if hidden == 2:
+            skip.add("delete")
+        kept = [
+            dataclasses.replace(a, event_id=target_event) for a in actions if a.kind not in skip
+        ]
+        _, pending = await service.store.join_report(
+            alert_id=alert_id,
+            target_event_id=target_event,
+            event_id=ctx.id,
+            merge=lambda t: merge_report(t, event),
+            severity=decision.severity.value if decision.severity else "medium",
+            rules=decision.rules,
+            actions=kept,
+            now=service.clock.now(),
+        )
+        ctx.facts["alert_id"] = alert_id
+        service.outbox.wake()
+        if pending:
+            await service.runner.perform(pending)
+        return True

@@ -134,6 +134,17 @@ def check(config_path: Path, out: TextIO) -> int:
             file=out,
         )
     _print_oncall(rules, out)
+    pd = cfg.privacy
+    kept = f"kept {pd.personal_data_days} days" if pd.keep_personal_data else "not kept"
+    print(f"  privacy   personal data (IP, email) {kept}, admins only", file=out)
+    ev = cfg.evidence
+    state = "on" if cfg.secret(ev.key_env) else f"OFF (${ev.key_env} is not set)"
+    marked = [s.name for s in rules.lists if s.illegal] + [f"category {c}" for c in ev.categories]
+    print(
+        f"  evidence  {state}; kept {ev.retention_days} days in {ev.directory};"
+        f" for {', '.join(marked) or 'nothing (no list is marked illegal)'}",
+        file=out,
+    )
     print(f"  files     {len(rules.files)} rules file(s) in {cfg.service.rules_dir}", file=out)
     return 0
 

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 
+from bot.schedules import Active, parse_timezone, parse_window
 from bot.schema import Problems, Table
 
 
@@ -119,6 +120,29 @@ class EvidenceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Vigil's own health: what makes /healthz fail, where system alerts go, the heartbeat."""
+
+    alert_room: str | None = None  # system alerts (a silent feed); default: the first room
+    outbox_backlog_max: int = 100  # more chat messages waiting than this: /healthz fails
+    chat_connect_grace_s: float = 120.0  # a chat still connecting this long after start is down
+    heartbeat_url_env: str | None = None  # env var with the URL to call; unset: no heartbeat
+    heartbeat_interval_s: float = 60.0
+    heartbeat_method: str = "GET"
+    heartbeat_when: str = "healthy"  # healthy: only while /healthz is 200; always: while alive
+
+
+@dataclass(frozen=True, slots=True)
+class LockdownConfig:
+    """Lockdowns (bot.raids): how long by default, how often to remind, where to say so."""
+
+    default_duration_s: float = 7200.0  # `!lockdown on` without a duration, raids without one
+    max_duration_s: float = 86400.0
+    reminder_every_s: float = 3600.0
+    room: str | None = None  # notices and reminders; default: the first [[room]]
+
+
+@dataclass(frozen=True, slots=True)
 class SourceConfig:
     """One forum that sends webhooks."""
 
@@ -131,6 +155,11 @@ class SourceConfig:
     api_username: str | None = None
     callback_url: str | None = None
     callback_secret_env: str | None = None
+    # Forum site settings set while a lockdown is on, and the values put back after it.
+    lockdown_settings: tuple[tuple[str, str], ...] = ()
+    normal_settings: tuple[tuple[str, str], ...] = ()
+    silence_alarm_s: float | None = None  # no webhook this long (in busy hours): an alert
+    busy_hours: Active | None = None  # when silence counts; None: round the clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +188,8 @@ class DiscordConfig:
 
     token_env: str
     guild_id: str
+    message_content: bool = False  # privileged intent: !commands typed in staff channels
+    mention_role: str | None = None  # a role pinged when a page calls the whole room
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +217,8 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    lockdown: LockdownConfig = field(default_factory=LockdownConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     sources: tuple[SourceConfig, ...] = ()
     rooms: tuple[RoomConfig, ...] = ()
     matrix: MatrixConfig | None = None
@@ -228,6 +261,8 @@ TOP_LEVEL = (
     "alerts",
     "privacy",
     "evidence",
+    "lockdown",
+    "health",
     "source",
     "room",
     "matrix",
@@ -278,6 +313,8 @@ def load_config(path: Path, problems: Problems) -> Config | None:
     alerts = _alerts(root.table("alerts"))
     privacy = _privacy(root.table("privacy"))
     evidence = _evidence(root.table("evidence"), base, service)
+    lockdown = _lockdown(root.table("lockdown"))
+    health = _health(root.table("health"))
     sources = tuple(s for s in (_source(t) for t in root.tables("source")) if s)
     rooms = tuple(r for r in (_room(t) for t in root.tables("room")) if r)
     matrix_t = root.table("matrix")
@@ -297,6 +334,8 @@ def load_config(path: Path, problems: Problems) -> Config | None:
         alerts=alerts,
         privacy=privacy,
         evidence=evidence,
+        lockdown=lockdown,
+        health=health,
         sources=sources,
         rooms=rooms,
         matrix=matrix,
@@ -420,6 +459,99 @@ def _evidence(t: Table | None, base: Path, service: ServiceConfig) -> EvidenceCo
     return cfg
 
 
+def _health(t: Table | None) -> HealthConfig:
+    if t is None:
+        return HealthConfig()
+    cfg = HealthConfig(
+        alert_room=t.str("alert_room", None, "the name of a [[room]]"),
+        outbox_backlog_max=t.int("outbox_backlog_max", 100, 1, 1_000_000),
+        chat_connect_grace_s=t.duration("chat_connect_grace", "2m"),
+        heartbeat_url_env=t.str("heartbeat_url_env", None),
+        heartbeat_interval_s=t.duration("heartbeat_interval", "60s"),
+        heartbeat_method=t.choice("heartbeat_method", ("GET", "POST"), "GET"),
+        heartbeat_when=t.choice("heartbeat_when", ("healthy", "always"), "healthy"),
+    )
+    t.finish()
+    if cfg.heartbeat_interval_s < 5:
+        t.error("heartbeat_interval", "at least 5s; a heartbeat is not a load test")
+    return cfg
+
+
+def _busy_hours(t: Table) -> Active | None:
+    """A source's ``busy_hours = { days, from, to, timezone }`` (days optional)."""
+    sub = t.table("busy_hours")
+    if sub is None:
+        return None
+    window = parse_window(sub)
+    tz = parse_timezone(sub)
+    sub.finish()
+    if window is None or tz is None:
+        return None
+    return Active((window,), tz)
+
+
+def _check_health(config: Config, file: str, problems: Problems) -> list[tuple[str, str]]:
+    """[health] and the sources' silence alarms; returns the secrets the heartbeat needs."""
+    health = config.health
+    if health.alert_room is not None and config.room(health.alert_room) is None:
+        rooms = ", ".join(r.name for r in config.rooms) or "none"
+        problems.add(
+            file, "health.alert_room", f"no room called {health.alert_room!r}; rooms: {rooms}"
+        )
+    for i, s in enumerate(config.sources):
+        if s.busy_hours is not None and s.silence_alarm_s is None:
+            problems.add(
+                file,
+                f"source[{i}].busy_hours",
+                'busy_hours does nothing without silence_alarm (e.g. silence_alarm = "30m")',
+                warning=True,
+            )
+    url = config.secret(health.heartbeat_url_env)
+    if url and not url.startswith(("http://", "https://")):
+        # Never print the value: a heartbeat URL usually carries its own token.
+        problems.add(
+            file,
+            "health.heartbeat_url_env",
+            f"the environment variable {health.heartbeat_url_env} is not an http(s) URL",
+        )
+    return [("health.heartbeat_url_env", health.heartbeat_url_env or "")]
+
+
+def _lockdown(t: Table | None) -> LockdownConfig:
+    if t is None:
+        return LockdownConfig()
+    cfg = LockdownConfig(
+        default_duration_s=t.duration("default_duration", "2h"),
+        max_duration_s=t.duration("max_duration", "24h"),
+        reminder_every_s=t.duration("reminder_every", "1h"),
+        room=t.str("room", None, "the name of a [[room]]"),
+    )
+    if cfg.reminder_every_s < 60:
+        t.error("reminder_every", "at least 1m: a reminder every few seconds drowns the room")
+    if cfg.default_duration_s <= 0 or cfg.default_duration_s > cfg.max_duration_s:
+        t.error("default_duration", "must be longer than 0s and at most max_duration")
+    t.finish()
+    return cfg
+
+
+def _settings(t: Table, name: str) -> tuple[tuple[str, str], ...]:
+    """A table of forum site settings: name = value (strings, numbers or booleans)."""
+    sub = t.table(name)
+    if sub is None:
+        return ()
+    out: list[tuple[str, str]] = []
+    for key, value in sub.data.items():
+        sub.has(key)
+        if isinstance(value, bool):
+            out.append((key, "true" if value else "false"))
+        elif isinstance(value, str | int | float):
+            out.append((key, str(value)))
+        else:
+            sub.error(key, "expected a string, a number or a boolean")
+    sub.finish()
+    return tuple(out)
+
+
 def _url(t: Table, name: str, default: object = None) -> str | None:
     def check(v: str) -> str | None:
         return None if v.startswith(("http://", "https://")) else f"{v!r} is not an http(s) URL"
@@ -438,6 +570,18 @@ def _source(t: Table) -> SourceConfig | None:
     api_username = t.str("api_username", None)
     callback_url = _url(t, "callback_url", None)
     callback_secret_env = t.str("callback_secret_env", None)
+    lockdown_settings = _settings(t, "lockdown_settings")
+    normal_settings = _settings(t, "normal_settings")
+    if lockdown_settings and kind != SourceKind.DISCOURSE:
+        t.error("lockdown_settings", "only Discourse sources have site settings Vigil can change")
+    missing = sorted({k for k, _ in lockdown_settings} - {k for k, _ in normal_settings})
+    if missing:
+        t.error(
+            "normal_settings",
+            f"missing {', '.join(missing)}: Vigil must know what to put back when a lockdown ends",
+        )
+    silence_alarm_s = t.duration("silence_alarm", None)
+    busy_hours = _busy_hours(t)
     t.finish()
     if not (name and kind and secret_env) or base_url is None:
         return None
@@ -453,6 +597,10 @@ def _source(t: Table) -> SourceConfig | None:
         api_username=api_username,
         callback_url=callback_url,
         callback_secret_env=callback_secret_env,
+        lockdown_settings=lockdown_settings,
+        normal_settings=normal_settings,
+        silence_alarm_s=silence_alarm_s or None,
+        busy_hours=busy_hours,
     )
 
 
@@ -515,10 +663,12 @@ def _discord(t: Table) -> DiscordConfig | None:
     guild = _snowflake(t, "guild_id", "a Discord server (guild) id")
     if not t.has("guild_id"):
         t.error("guild_id", "missing; expected a Discord server (guild) id")
+    message_content = t.bool("message_content", False)
+    mention_role = _snowflake(t, "mention_role", "a Discord role id")
     t.finish()
     if not (token_env and guild):
         return None
-    return DiscordConfig(token_env, guild)
+    return DiscordConfig(token_env, guild, message_content, mention_role)
 
 
 def _staff(t: Table) -> StaffMember | None:
@@ -576,6 +726,9 @@ def _cross_check(config: Config, file: str, problems: Problems) -> None:
     if config.discord:
         needed.append(("discord.token_env", config.discord.token_env))
     _check_evidence_key(config, file, problems)
+    if config.lockdown.room is not None and config.room(config.lockdown.room) is None:
+        problems.add(file, "lockdown.room", f"no [[room]] called {config.lockdown.room!r}")
+    needed += _check_health(config, file, problems)
     for key, env in needed:
         if env and not config.secrets.get(env):
             problems.add(

@@ -40,6 +40,7 @@ from bot.clock import Clock
 from bot.config import Config, Role, StaffMember
 from bot.metrics import REGISTRY
 from bot.model import Severity
+from bot.outbox import FALLBACK, fallback_entry
 from bot.schedules import Override, Schedule, override_from_row, who_is_on
 from bot.schema import Problems, Table
 from bot.store import AuditItem, OutboxItem, Store
@@ -95,6 +96,18 @@ ENDED = Counter(
     ["policy", "how"],
     registry=REGISTRY,
 )
+
+
+def prime_metrics(ruleset: RuleSet) -> None:
+    """Show every severity and every policy step on ``/metrics`` from the start, at zero,
+    so a dashboard or an absent() alert sees them before the first page."""
+    for sev in Severity:
+        TIME_TO_ACK.labels(sev.value)
+        TIME_TO_RESOLVE.labels(sev.value)
+    for policy in ruleset.policies:
+        for i in range(len(policy.steps)):
+            for outcome in ("paged", "skipped"):
+                STEPS.labels(policy.name, str(i + 1), outcome)
 
 
 # --- policies -------------------------------------------------------------------------
@@ -460,7 +473,68 @@ class ChatNotifier:
         for c, room, msg in alert.messages:
             if c == chat == "matrix":
                 return f"https://matrix.to/#/{room}/{msg}"
+            if c == chat == "discord" and self.config.discord is not None:
+                return f"https://discord.com/channels/{self.config.discord.guild_id}/{room}/{msg}"
         return None
+
+    def _dm_text(self, page: Page, why: str, chat: str, step: str) -> str:
+        text = (
+            f"{self._what(page)} You are paged as {why} ({step}). "
+            f'Reply "ack {page.alert.id}" here to take it, or react 👀 on the alert in the room.'
+        )
+        link = self._link(page.alert, chat)
+        return f"{text} {link}" if link else text
+
+    def _reach(
+        self, page: Page, r: Recipient, channels: Sequence[str], step: str
+    ) -> OutboxItem | None:
+        """One person alone by the first of ``channels`` that works here, carrying the
+        rest as its fallback (a DM, or a mention in the alert's room of that chat)."""
+        a = page.alert
+        for i, channel in enumerate(channels):
+            chat, _, kind = channel.partition("_")
+            user = getattr(r.person, chat)
+            if kind == "dm":
+                item = OutboxItem(
+                    chat,
+                    "dm",
+                    {"user": user, "text": self._dm_text(page, r.why, chat, step), "html": None},
+                    dedupe_key=f"{page.key}:{chat}:dm:{user}",
+                    alert_id=a.id,
+                )
+            else:
+                rooms = [room for c, room in self._room_addresses(a, None) if c == chat]
+                if not rooms:
+                    continue
+                text = (
+                    f"{self._what(page)} React 👀 on the alert or type !ack {a.id} "
+                    f"to take it ({step})."
+                )
+                payload = {"room": rooms[0], "text": text, "html": None, "mentions": [user]}
+                item = OutboxItem(
+                    chat,
+                    "send",
+                    payload,
+                    dedupe_key=f"{page.key}:{chat}:room:{rooms[0]}:{user}",
+                    alert_id=a.id,
+                )
+            return self._with_fallback(item, [(r, channels[i + 1 :])], page, step)
+        return None
+
+    def _with_fallback(
+        self,
+        item: OutboxItem,
+        people: Sequence[tuple[Recipient, Sequence[str]]],
+        page: Page,
+        step: str,
+    ) -> OutboxItem:
+        """``item`` with, for each person it pages, their next channel to try if it
+        cannot be delivered (bot.outbox queues it)."""
+        later = [f for r, rest in people if (f := self._reach(page, r, rest, step)) is not None]
+        if not later:
+            return item
+        payload = {**(item.payload or {}), FALLBACK: [fallback_entry(f) for f in later]}
+        return OutboxItem(item.chat, item.op, payload, item.dedupe_key, item.alert_id)
 
     def _what(self, page: Page) -> str:
         a = page.alert
@@ -495,13 +569,7 @@ class ChatNotifier:
             chat, _, kind = r.channel.partition("_")
             user = getattr(r.person, chat)
             if kind == "dm":
-                link = self._link(a, chat)
-                text = (
-                    f"{self._what(page)} You are paged as {r.why} ({step}). "
-                    f'Reply "ack {a.id}" here to take it, or react 👀 on the alert in the room.'
-                )
-                if link:
-                    text += f" {link}"
+                text = self._dm_text(page, r.why, chat, step)
                 items.append(
                     OutboxItem(
                         chat,
@@ -536,7 +604,24 @@ class ChatNotifier:
                     alert_id=a.id,
                 )
             )
-        return items
+        # Each person's later channels back up the message that pages them first.
+        out = []
+        for item in items:
+            p = item.payload or {}
+            people = []
+            for r in page.recipients:
+                chat = r.channel.partition("_")[0]
+                user = getattr(r.person, chat)
+                if chat == item.chat and (
+                    (item.op == "dm" and p.get("user") == user)
+                    or (item.op == "send" and user in p.get("mentions", ()))
+                ):
+                    channels = person_channels(r.person, self.config)
+                    at = channels.index(r.channel) + 1 if r.channel in channels else len(channels)
+                    rest = channels[at:]
+                    people.append((r, rest))
+            out.append(self._with_fallback(item, people, page, step))
+        return out
 
     def notice(self, alert: AlertFacts, text: str, key: str) -> list[OutboxItem]:
         """A message without mentions in each of the alert's rooms."""

@@ -6,6 +6,7 @@ mistake elsewhere (an exception message quoting a payload) cannot leak one eithe
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -16,7 +17,9 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _IPV4 = re.compile(
     r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])"
 )
-_IPV6 = re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{1,4}(?![0-9A-Fa-f:])")
+# Loose candidates (full and shortened forms); only what ipaddress accepts is replaced,
+# so clock times ("12:30:45") and C++-style names ("std::map") stay as they are.
+_IPV6 = re.compile(r"(?<![0-9A-Za-z:])[0-9A-Fa-f:]*:[0-9A-Fa-f:]*:[0-9A-Fa-f]*(?![0-9A-Za-z:])")
 # Matrix ids look like emails (@user:server) but have a colon, not an @ in the middle,
 # so they pass; loopback addresses in our own startup line are allowed by name below.
 _ALLOWED = {"127.0.0.1", "0.0.0.0"}  # noqa: S104 - names, not a bind
@@ -26,7 +29,15 @@ def scrub(text: str) -> str:
     """Replace email and IP addresses in ``text`` with placeholders."""
     text = _EMAIL.sub("[email]", text)
     text = _IPV4.sub(lambda m: m.group(0) if m.group(0) in _ALLOWED else "[ip]", text)
-    return _IPV6.sub("[ip]", text)
+    return _IPV6.sub(_ipv6_or_keep, text)
+
+
+def _ipv6_or_keep(m: re.Match[str]) -> str:
+    try:
+        ipaddress.IPv6Address(m.group(0))
+    except ValueError:
+        return m.group(0)
+    return "[ip]"
 
 
 class ScrubFilter(logging.Filter):
@@ -75,3 +86,6 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log would print client addresses; Vigil's own lines suffice.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiosqlite logs every statement's parameters at debug: webhook payloads and the
+    # restricted personal-data rows. Never let it, whatever the level asked for.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)

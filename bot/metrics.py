@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from bot.pipeline import EventContext
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -47,6 +52,80 @@ INBOX_PENDING = Gauge(
     "Events waiting to be processed",
     registry=REGISTRY,
 )
+
+# --- health (bot.health) and outcomes. Events in: vigil_webhooks_total{outcome="stored"};
+# time to ack: vigil_alert_time_to_ack_seconds (bot.escalation).
+MATCHES = Counter(
+    "vigil_matches_total",
+    "Image hash matches in processed events, by list and hash kind",
+    ["list", "kind"],
+    registry=REGISTRY,
+)
+ALERTS_OPEN = Gauge(
+    "vigil_alerts_open",
+    "Alerts open, acknowledged or being acted on (refreshed by /healthz and /metrics)",
+    registry=REGISTRY,
+)
+CHAT_SEND_FAILURES = Counter(
+    "vigil_chat_send_failures_total",
+    "Chat messages that failed to send (each failed attempt; retried until given up)",
+    ["chat"],
+    registry=REGISTRY,
+)
+CHAT_UP = Gauge(
+    "vigil_chat_up",
+    "1 when the chat connection is up and in every configured room, else 0",
+    ["chat"],
+    registry=REGISTRY,
+)
+OUTBOX_BACKLOG = Gauge(
+    "vigil_outbox_backlog",
+    "Chat messages waiting to be sent",
+    registry=REGISTRY,
+)
+LAST_EVENT_AGE = Gauge(
+    "vigil_feed_last_event_age_seconds",
+    "Seconds since the last webhook from each source",
+    ["source"],
+    registry=REGISTRY,
+)
+FEED_SILENT = Gauge(
+    "vigil_feed_silent",
+    "1 while a source has been silent longer than its silence_alarm in its busy hours",
+    ["source"],
+    registry=REGISTRY,
+)
+SYSTEM_ALERTS = Counter(
+    "vigil_system_alerts_total",
+    "Alerts about Vigil itself posted in the staff room, by kind (feed_silent, feed_back)",
+    ["kind"],
+    registry=REGISTRY,
+)
+HEARTBEATS = Counter(
+    "vigil_heartbeats_total",
+    "Heartbeat calls to the outside monitor, by outcome (sent, skipped, failed)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+TIME_TO_TAKEDOWN = Histogram(
+    "vigil_alert_time_to_takedown_seconds",
+    "Seconds from an alert to its takedown (taken down, suspended or deleted), by severity",
+    ["severity"],
+    buckets=(30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400),
+    registry=REGISTRY,
+)
+
+
+class MetricsStage:
+    """The last pipeline stage: counts what the event came to (it runs once the others
+    succeeded, so a retried event is counted once)."""
+
+    name = "metrics"
+
+    async def run(self, ctx: EventContext) -> None:
+        """Count the event's hash matches."""
+        for m in ctx.facts.get("matches", ()):
+            MATCHES.labels(m.list, m.kind).inc()
 
 
 def render() -> bytes:

@@ -24,6 +24,9 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from bot.actions import describe, new_action
 from bot.alerts import (
@@ -36,7 +39,20 @@ from bot.alerts import (
 )
 from bot.clock import Clock
 from bot.config import Config, Role, StaffMember
+from bot.escalation import person_channels, render_report, report
 from bot.ports import ChatCommand, ChatMessage, ChatReaction
+from bot.raids import LOCKDOWN_USAGE, LockdownManager
+from bot.schedules import (
+    OVERRIDE_USAGE,
+    Override,
+    OverrideRequest,
+    Schedule,
+    add_override,
+    oncall_lines,
+    override_from_row,
+    parse_override,
+    who_is_on,
+)
 from bot.store import (
     AlertRecord,
     AuditItem,
@@ -47,6 +63,9 @@ from bot.store import (
     Store,
 )
 
+if TYPE_CHECKING:
+    from bot.rules import RuleSet
+
 log = logging.getLogger(__name__)
 
 # The least role each operation needs.
@@ -54,6 +73,14 @@ ROLE_NEEDED: dict[str, Role] = {
     "ack": Role.VOLUNTEER,
     "takedown": Role.VOLUNTEER,
     "status": Role.VOLUNTEER,
+    "oncall": Role.VOLUNTEER,
+    "report": Role.VOLUNTEER,
+    "override": Role.MODERATOR,
+    # A volunteer may start a lockdown (they are awake when a raid comes; it only holds
+    # back new accounts' images) and read it; ending one early needs a moderator.
+    "lockdown_on": Role.VOLUNTEER,
+    "lockdown_status": Role.VOLUNTEER,
+    "lockdown_off": Role.MODERATOR,
     "suspend": Role.MODERATOR,
     "confirm": Role.MODERATOR,
     "delete": Role.MODERATOR,
@@ -69,8 +96,16 @@ OP_LABEL = {
     "dismiss": "❎ (false positive)",
     "restore": "↩️ (restore)",
     "status": "!status",
+    "oncall": "!oncall",
+    "report": "!report",
+    "override": "!override",
+    "lockdown_on": "!lockdown on",
+    "lockdown_off": "!lockdown off",
+    "lockdown_status": "!lockdown status",
 }
 ALERT_COMMANDS = ("ack", "takedown", "dismiss", "restore", "delete", "suspend", "confirm")
+ESCALATION_COMMANDS = ("oncall", "override", "report")  # answered, no alert touched
+REPORT_MAX_DAYS = 366.0
 _RESOLUTION = {
     "takedown": "taken_down",
     "suspend": "suspended",
@@ -96,6 +131,7 @@ class Request:
     via: str  # "reaction ✅", "!takedown"
     room: str  # where it came from: confirmation prompts go there
     reply_in_room: bool  # commands are answered where typed; reactions by DM
+    rest: str = ""  # the command's words after its name, as typed (!override, !report)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +181,12 @@ def decide(
         return Verdict(
             reply=f"Alert #{alert.id} is already handled: {alert.outcome or alert.resolution}. "
             "Nothing was done."
+        )
+    if not alert.targets and op in ("takedown", "suspend", "confirm", "delete", "restore"):
+        # A lockdown's alert (bot.raids) is about no post: there is nothing to act on.
+        return Verdict(
+            reply=f"Alert #{alert.id} is about a lockdown, not a post: nothing to take down."
+            " 👀 takes it, ❎ closes it; !lockdown off (moderators) ends the lockdown."
         )
     if op == "ack":
         if alert.acked_by:
@@ -311,6 +353,11 @@ def conclude(alert: AlertRecord, tz: str, now: float) -> Verdict:
     )
 
 
+def _local(at: datetime, tz: str) -> str:
+    """``Wed 24 Dec 18:00 GMT``: an instant as the asker reads it."""
+    return at.astimezone(ZoneInfo(tz)).strftime("%a %d %b %H:%M %Z")
+
+
 def parse_alert_id(args: Sequence[str]) -> int | None:
     """The alert number in ``!ack 12`` / ``!ack #12``."""
     if not args:
@@ -332,6 +379,8 @@ class Moderation:
         wake_outbox: Callable[[], None],
         status: StatusProvider | None = None,
         on_resolved: OnResolved | None = None,
+        rules: Callable[[], RuleSet] | None = None,
+        alert_changed: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -340,6 +389,11 @@ class Moderation:
         self.wake_outbox = wake_outbox
         self.status = status
         self.on_resolved = on_resolved
+        self.rules = rules  # the rules in force: schedules for !oncall and !override
+        # Called after an alert is acked, resolved or reopened: the escalation engine
+        # looks at once instead of at its next poll.
+        self.alert_changed = alert_changed or (lambda: None)
+        self.lockdown: LockdownManager | None = None  # set by the app (bot.raids)
 
     # --- chat entry points --------------------------------------------------------
 
@@ -377,11 +431,32 @@ class Moderation:
         word, rest = command.args[0], command.args[1:]
         base = (command.chat, command.sender, command.event_id)
         if word == "help":
-            await self._reply_only(command, help_text())
+            await self._reply_only(command, help_text(await self.reach_lines(command.chat)))
+            return
+        if word == "lockdown":
+            sub = rest[0].casefold() if rest else "status"
+            if sub not in ("on", "off", "status") or self.lockdown is None:
+                text = LOCKDOWN_USAGE if self.lockdown else "Lockdowns are not set up here."
+                await self._reply_only(command, ChatMessage(text))
+                return
+            words = (sub, *rest[1:])
+            await self.handle(
+                Request(*base, f"lockdown_{sub}", None, f"!lockdown {sub}", command.room,
+                        reply_in_room=True, rest=" ".join(words))
+            )  # fmt: skip
             return
         if word == "status":
             await self.handle(
                 Request(*base, "status", None, "!status", command.room, reply_in_room=True)
+            )
+            return
+        if word in ESCALATION_COMMANDS:
+            words = command.text.strip().removeprefix("!").split(None, 1)
+            rest_text = words[1] if len(words) > 1 else ""
+            await self.handle(
+                Request(
+                    *base, word, None, f"!{word}", command.room, reply_in_room=True, rest=rest_text
+                )
             )
             return
         if word not in ALERT_COMMANDS:
@@ -442,6 +517,13 @@ class Moderation:
             lines = await self.status() if self.status else ["No status available."]
             await self._apply(Plan(), req, "\n".join(lines))
             return
+        if req.op.startswith("lockdown_"):
+            await self._lockdown(req, person)
+            return
+        if req.op in ESCALATION_COMMANDS:
+            answer = {"oncall": self._oncall, "override": self._override, "report": self._report}
+            await self._apply(Plan(), req, await answer[req.op](req, person))
+            return
         assert req.alert_id is not None
         for _ in range(_CAS_ATTEMPTS):
             now = self.clock.now()
@@ -478,6 +560,8 @@ class Moderation:
             if status != "conflict":
                 if status == "applied":
                     log.info("alert %d: %s by %s via %s", alert.id, req.op, person.name, req.via)
+                    if verdict.changes:
+                        self.alert_changed()
                     if verdict.actions:
                         self.wake_actions()
                     elif verdict.changes and verdict.changes.get("status") == "resolved":
@@ -536,6 +620,151 @@ class Moderation:
         if (await self.store.apply_plan(plan, self.clock.now())).status == "applied":
             self.wake_outbox()
 
+    # --- !oncall, !override, !report --------------------------------------------------
+
+    def _schedules(self) -> list[Schedule]:
+        return list(self.rules().schedules) if self.rules is not None else []
+
+    async def _stored_overrides(self, now: float) -> dict[str, list[Override]]:
+        by_schedule: dict[str, list[Override]] = {}
+        for row in await self.store.schedule_overrides(now):
+            by_schedule.setdefault(row["schedule"], []).append(override_from_row(row))
+        return by_schedule
+
+    async def _oncall(self, req: Request, person: StaffMember) -> str:
+        """``!oncall [SCHEDULE]``: who is on now and next, in the asker's time zone."""
+        now = self.clock.now()
+        schedules = self._schedules()
+        wanted = req.rest.strip()
+        if wanted:
+            chosen = [s for s in schedules if s.name.casefold() == wanted.casefold()]
+            if not chosen:
+                return f"No schedule called {wanted!r}. {self._schedule_names(schedules)}"
+            schedules = chosen
+        lines = oncall_lines(
+            schedules,
+            datetime.fromtimestamp(now, UTC),
+            person.timezone,
+            await self._stored_overrides(now),
+        )
+        return f"On call (times in {person.timezone}):\n" + "\n".join(lines)
+
+    @staticmethod
+    def _schedule_names(schedules: Sequence[Schedule]) -> str:
+        names = ", ".join(s.name for s in schedules)
+        return f"Schedules: {names}." if names else "No schedules are defined in the rules files."
+
+    async def _override(self, req: Request, person: StaffMember) -> str:
+        """``!override SCHEDULE FROM TO ["PERSON"] [instead "PERSON"]``, in the asker's zone."""
+        now = self.clock.now()
+        parsed = parse_override(req.rest, person.timezone, datetime.fromtimestamp(now, UTC))
+        if not isinstance(parsed, OverrideRequest):
+            return parsed
+        schedules = self._schedules()
+        schedule = next(
+            (s for s in schedules if s.name.casefold() == parsed.schedule.casefold()), None
+        )
+        if schedule is None:
+            return f"No schedule called {parsed.schedule!r}. {self._schedule_names(schedules)}"
+        taker = self.config.person(parsed.person) if parsed.person else person
+        if taker is None:
+            return f"{parsed.person!r} is not on the staff roster. {OVERRIDE_USAGE}"
+        replaced = self.config.person(parsed.replaces) if parsed.replaces else None
+        if parsed.replaces and replaced is None:
+            return f"{parsed.replaces!r} is not on the staff roster. {OVERRIDE_USAGE}"
+        if parsed.end.timestamp() - parsed.start.timestamp() > 31 * 86400:
+            return "An override lasts at most 31 days; change the rules file for longer."
+        replaces = replaced.name if replaced else None
+        tz = person.timezone
+        when = f"from {_local(parsed.start, tz)} to {_local(parsed.end, tz)}"
+        swap = f" instead of {replaces}" if replaces else ""
+        # A chat event can be delivered twice: the same override again is not added again.
+        for row in await self.store.schedule_overrides(now, schedule.name):
+            if (
+                row["person"] == taker.name
+                and row["replaces"] == replaces
+                and row["starts_at"] == parsed.start.timestamp()
+                and row["ends_at"] == parsed.end.timestamp()
+            ):
+                return f"Already recorded: {taker.name} on call in {schedule.name}{swap} {when}."
+        override_id = await add_override(
+            self.store,
+            schedule.name,
+            taker.name,
+            parsed.start,
+            parsed.end,
+            person.name,
+            replaces=replaces,
+            reason=f"{req.via} by {person.name}",
+            now=now,
+        )
+        self.alert_changed()  # a step waiting for someone on call may find them now
+        text = f"Override #{override_id}: {taker.name} on call in {schedule.name}{swap} {when}."
+        if not person_channels(taker, self.config):
+            text += f" ⚠️ {taker.name} has no chat identity Vigil can page them on."
+        lines = oncall_lines(
+            [schedule], datetime.fromtimestamp(now, UTC), tz, await self._stored_overrides(now)
+        )
+        return text + "\n" + "\n".join(lines)
+
+    async def _report(self, req: Request, person: StaffMember) -> str:
+        """``!report [days]``: alerts, time to ack and to take down, pages, who did what."""
+        word = req.rest.strip().removesuffix("d")
+        try:
+            days = float(word) if word else 7.0
+        except ValueError:
+            days = -1.0
+        if not 0 < days <= REPORT_MAX_DAYS:
+            return f"Usage: !report [days], e.g. !report 7 (at most {REPORT_MAX_DAYS:g} days)."
+        rep = await report(self.store, self.clock.now(), days)
+        return render_report(rep, person.timezone)
+
+    # --- !lockdown and how to reach a person (bot.raids) ---------------------------------
+
+    async def _lockdown(self, req: Request, person: StaffMember) -> None:
+        """``!lockdown on|off|status``: the chat event is claimed first, so a redelivered
+        command does nothing twice; the lockdown audits its own change."""
+        assert self.lockdown is not None
+        claimed = await self.store.apply_plan(
+            Plan(chat_event=(req.chat, req.event_id)), self.clock.now()
+        )
+        if claimed.status == "duplicate":
+            return
+        log.info("%s by %s", req.via, person.name)
+        answer = await self.lockdown.command(person, req.rest.split())
+        plan = Plan(outbox=(self._reply_item(req, ChatMessage(answer)),))
+        if (await self.store.apply_plan(plan, self.clock.now())).status == "applied":
+            self.wake_outbox()
+
+    async def reach_lines(self, chat: str) -> list[str]:
+        """What ``!help`` says first: who is on call now (from the schedules, with their
+        handle in this chat) and how to reach them; else the moderators and admins."""
+        now = self.clock.now()
+        at = datetime.fromtimestamp(now, UTC)
+        overrides = await self._stored_overrides(now)
+        on_call: list[str] = []
+        for schedule in self._schedules():
+            names = who_is_on(schedule, at, overrides.get(schedule.name, []))
+            if names:
+                people = ", ".join(self._handle(n, chat) for n in names)
+                on_call.append(f"{schedule.name}: {people}")
+        if on_call:
+            return [
+                "Need a person? On call now: " + "; ".join(on_call) + ". Send them a direct"
+                " message; an alert nobody takes pages them by itself. !oncall shows who is next."
+            ]
+        staff = [p.name for p in self.config.staff if p.role is not Role.VOLUNTEER]
+        who = ", ".join(self._handle(n, chat) for n in staff) or "none on the roster"
+        return [
+            "Need a person? Nobody is on an on-call schedule right now. Moderators and admins:"
+            f" {who}. Send one a direct message."
+        ]
+
+    def _handle(self, name: str, chat: str) -> str:
+        person = self.config.person(name)
+        handle = getattr(person, chat, None) if person is not None else None
+        return f"{name} ({handle})" if handle else name
+
     # --- the end of an operation ----------------------------------------------------
 
     async def finalize(self, finished: FinishedAction) -> None:
@@ -565,6 +794,7 @@ class Moderation:
             result = await self.store.apply_plan(plan, now)
             if result.status == "applied":
                 self.wake_outbox()
+                self.alert_changed()
                 log.info("alert %d: %s by %s concluded", alert.id, alert.op, alert.op_by)
                 if resolved:
                     await self._resolved(alert.id, alert.op_by or "?")

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bot import metrics
 from bot.alerts import BUTTONS, CONFIRM_KEY, SourceLinks, render_alert
 from bot.clock import Clock
 from bot.ports import ChatMessage, ChatPort
-from bot.store import OutboxItem, OutboxRow, Store
+from bot.store import OutboxItem, OutboxRow, Plan, Store
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,36 @@ REFUSALS_BEFORE_FAILING = 8  # a chat that answers "no" this often will not say 
 WORKERS_PER_CHAT = 2  # messages of different alerts go out side by side
 
 
+# Payload key of a page: what to queue instead when it cannot be delivered (the person's
+# next channel, bot.escalation.ChatNotifier). Queued once (dedupe keys) at the first
+# failure, or when its chat cannot start; the message itself is still retried.
+FALLBACK = "fallback"
+
+
+def fallback_entry(item: OutboxItem) -> dict[str, Any]:
+    """An outbox item as JSON, for a payload's ``fallback`` list."""
+    return {
+        "chat": item.chat,
+        "op": item.op,
+        "payload": item.payload,
+        "dedupe_key": item.dedupe_key,
+        "alert_id": item.alert_id,
+    }
+
+
+def _fallbacks(payload: Mapping[str, Any]) -> tuple[OutboxItem, ...]:
+    return tuple(
+        OutboxItem(e["chat"], e["op"], e["payload"], e.get("dedupe_key"), e.get("alert_id"))
+        for e in payload.get(FALLBACK) or ()
+    )
+
+
 def _message(payload: Mapping[str, Any]) -> ChatMessage:
     return ChatMessage(
-        text=payload["text"], html=payload.get("html"), mentions=tuple(payload.get("mentions", ()))
+        text=payload["text"],
+        html=payload.get("html"),
+        mentions=tuple(payload.get("mentions", ())),
+        mention_room=bool(payload.get("mention_room", False)),
     )
 
 
@@ -140,6 +169,8 @@ class Outbox:
             self.on_sent(row)
 
     async def _failed(self, row: OutboxRow, exc: Exception) -> None:
+        metrics.CHAT_SEND_FAILURES.labels(row.chat).inc()
+        await self._fall_back(row.chat, row.id, row.payload)
         # Duck-typed: the core never imports an adapter's exception classes.
         errcode = getattr(exc, "errcode", None)
         retry_after = getattr(exc, "retry_after", None)
@@ -162,6 +193,26 @@ class Outbox:
             error,
         )
         await self.store.outbox_retry(row.id, error, self.clock.now() + delay)
+
+    async def _fall_back(self, chat: str, row_id: int, payload: Mapping[str, Any]) -> None:
+        """Queue a message's fallbacks (a page by the person's next channel), once."""
+        items = _fallbacks(payload)
+        if not items:
+            return
+        await self.store.apply_plan(Plan(outbox=items), self.clock.now())
+        log.warning(
+            "outbox %s message %d not delivered; paging by the next channel too (%s)",
+            chat,
+            row_id,
+            ", ".join(f"{i.chat} {i.op}" for i in items),
+        )
+        self.wake()
+
+    async def fail_over(self, chat: str) -> None:
+        """``chat`` cannot start: its waiting pages go by their fallback channels."""
+        for row in await self.store.outbox_rows(chat):
+            if row["state"] == "pending" and FALLBACK in row["payload"]:
+                await self._fall_back(chat, row["id"], json.loads(row["payload"]))
 
     def _txn(self, row: OutboxRow, step: str) -> str:
         return f"vigil.{self._instance}.{row.id}.{row.generation}.{step}"

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DAY_S = 86_400.0
+_DEFAULT_DAYS = PrivacyConfig().personal_data_days
 MAX_EMAIL = 254  # RFC 5321's limit on a forward path
 
 
@@ -135,7 +136,7 @@ async def whois(
     requester: StaffMember,
     *,
     now: float,
-    keep_days: int = PrivacyConfig.personal_data_days,
+    keep_days: int = _DEFAULT_DAYS,
     via: str = "chat",
 ) -> WhoisResult:
     """The IPs and emails kept for a forum account (by username or id; ``source`` None:

@@ -41,6 +41,7 @@ class ActionKind(StrEnum):
     DELETE = "delete"
     SUSPEND = "suspend"
     SILENCE = "silence"
+    SITE_SETTING = "site_setting"  # change a forum-wide setting (a lockdown, bot.raids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,8 @@ class ForumAction:
     report_actions: tuple[str, ...] = ()
     reason: str = ""
     until: str | None = None  # ISO 8601, for suspensions
+    setting: str | None = None  # SITE_SETTING: the setting's name
+    value: str | None = None  # SITE_SETTING: its new value
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,23 @@ class ForumPort(Protocol):
 # --- chat ------------------------------------------------------------------------
 
 
+class ChatError(Exception):
+    """The chat system could not do what was asked."""
+
+
+class ChatSendError(ChatError):
+    """Sending failed. ``errcode`` set: the server refused (the outbox gives up after a
+    few refusals); unset: unreachable (retried for as long as it takes). ``retry_after``
+    (seconds) when the server asked to wait (a rate limit)."""
+
+    def __init__(
+        self, message: str, *, errcode: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.errcode = errcode
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     """A message for a chat room: plain text, optional HTML, people to mention."""
@@ -83,6 +103,7 @@ class ChatMessage:
     text: str
     html: str | None = None
     mentions: tuple[str, ...] = ()  # chat user ids (Matrix ids, Discord ids)
+    mention_room: bool = False  # notify everyone in the room (Matrix @room, Discord @here)
 
 
 @dataclass(frozen=True, slots=True)

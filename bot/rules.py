@@ -65,6 +65,8 @@ class ListSpec:
     verdict: str = "block"  # what /v1/check answers for an upload on this list
     declared_in: str = ""
     illegal: bool = False  # illegal material: originals are kept as evidence (bot.evidence)
+    # Alerts for its matches open with a warning not to look (default: as ``illegal``).
+    distressing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,9 @@ class Conditions:
     trust_level_below: int | None = None
     report_kinds: tuple[ReportKind, ...] | None = None
     text_pattern: re.Pattern[str] | None = None
+    # (at least N, within seconds): N distinct members reported the post (bot.reports)
+    distinct_reporters: tuple[int, float] | None = None
+    lockdown: bool | None = None  # only while a lockdown is on (True) / off (False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,35 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class RaidSpec:
+    """A sliding-window counter: ``at_least`` events matching ``when`` within ``within_s``
+    is a raid; crossing it alerts and (unless ``lockdown_s`` is 0) starts a lockdown."""
+
+    name: str
+    when: Conditions
+    at_least: int
+    within_s: float
+    lockdown_s: float | None = None  # None: [lockdown] default_duration; 0: alert only
+    severity: Severity = Severity.CRITICAL
+    room: str | None = None
+    description: str = ""
+    declared_in: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Signals:
+    """What the store knows around one event that rules may ask about (bot.raids)."""
+
+    lockdown: bool = False
+    # (window in seconds, distinct members who reported the event's post within it)
+    reporters: tuple[tuple[float, int], ...] = ()
+
+    def reporters_within(self, within_s: float) -> int:
+        """Distinct reporters counted for a window of ``within_s`` (0 if not counted)."""
+        return next((n for w, n in self.reporters if w == within_s), 0)
+
+
+@dataclass(frozen=True, slots=True)
 class RuleSet:
     """All rules files, loaded."""
 
@@ -107,6 +141,7 @@ class RuleSet:
     files: tuple[Path, ...] = ()
     schedules: tuple[Schedule, ...] = ()
     policies: tuple[Policy, ...] = ()
+    raids: tuple[RaidSpec, ...] = ()
 
     def list(self, name: str) -> ListSpec | None:
         """The list called ``name``, if declared."""
@@ -120,6 +155,11 @@ class RuleSet:
         """The escalation policy called ``name``, if declared."""
         return next((p for p in self.policies if p.name == name), None)
 
+    def reporter_windows(self) -> tuple[float, ...]:
+        """Every ``distinct_reporters.within`` the rules ask about (bot.raids counts them)."""
+        found = {r.when.distinct_reporters[1] for r in self.rules if r.when.distinct_reporters}
+        return tuple(sorted(found))
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -131,6 +171,7 @@ class Decision:
     alert: bool = False
     room: str | None = None
     matches: tuple[Match, ...] = field(default=())
+    distressing: bool = False  # a match is on a list marked distressing: say so first
 
     @property
     def fired(self) -> bool:
@@ -148,6 +189,7 @@ def load_rules(rules_dir: Path, config: Config, problems: Problems) -> RuleSet:
     rules: list[Rule] = []
     schedules: list[Schedule] = []
     policies: list[Policy] = []
+    raids: list[RaidSpec] = []
     for path in files:
         data = _read_toml(path, problems)
         if data is None:
@@ -157,8 +199,11 @@ def load_rules(rules_dir: Path, config: Config, problems: Problems) -> RuleSet:
         rules += [r for r in (_rule(t) for t in root.tables("rule")) if r]
         schedules += [s for s in (parse_schedule(t) for t in root.tables("schedule")) if s]
         policies += [p for p in (parse_policy(t) for t in root.tables("policy")) if p]
+        raids += [r for r in (_raid(t) for t in root.tables("raid")) if r]
         root.finish()
-    ruleset = RuleSet(tuple(lists), tuple(rules), files, tuple(schedules), tuple(policies))
+    ruleset = RuleSet(
+        tuple(lists), tuple(rules), files, tuple(schedules), tuple(policies), tuple(raids)
+    )
     _cross_check(ruleset, config, problems)
     return ruleset
 
@@ -182,6 +227,7 @@ def _list(t: Table, config: Config) -> ListSpec | None:
     allow = t.bool("allow", False)
     verdict = t.choice("verdict", VERDICTS, "allow" if allow else "block")
     illegal = t.bool("illegal", False)
+    distressing = t.bool("distressing", bool(illegal))
     t.finish()
     if not (name and file):
         return None
@@ -203,6 +249,7 @@ def _list(t: Table, config: Config) -> ListSpec | None:
         verdict=verdict or "block",
         declared_in=t.file,
         illegal=bool(illegal),
+        distressing=bool(distressing),
     )
 
 
@@ -250,6 +297,17 @@ def _conditions(t: Table) -> Conditions:
             pattern = re.compile(pattern_text, re.IGNORECASE)
         except re.error as exc:
             t.error("text_matches", f"not a valid regular expression: {exc}")
+    reporters = None
+    reporters_t = t.table("distinct_reporters")
+    if reporters_t is not None:
+        at_least = reporters_t.int("at_least", None, 1, 10_000)
+        within = reporters_t.duration("within", None)
+        reporters_t.finish()
+        if at_least is not None and within is not None:
+            if within <= 0:
+                reporters_t.error("within", "must be longer than 0s")
+            reporters = (int(at_least), float(within))
+    lockdown = t.bool("lockdown", None)
     t.finish()
     return Conditions(
         events=tuple(EventKind(e) for e in events or ()),
@@ -261,6 +319,42 @@ def _conditions(t: Table) -> Conditions:
         trust_level_below=trust,
         report_kinds=tuple(ReportKind(k) for k in report_kinds) if report_kinds else None,
         text_pattern=pattern,
+        distinct_reporters=reporters,
+        lockdown=lockdown,
+    )
+
+
+def _raid(t: Table) -> RaidSpec | None:
+    name = t.str("name")
+    description = t.str("description", "")
+    when_t = t.table("when", required=True)
+    when = _conditions(when_t) if when_t is not None else Conditions()
+    at_least = t.int("at_least", None, 2, 100_000)
+    within = t.duration("within", None)
+    lockdown = t.duration("lockdown", None)
+    severity = t.choice("severity", [s.value for s in Severity], "critical")
+    room = t.str("room", None)
+    t.finish()
+    if when.distinct_reporters is not None or when.lockdown is not None:
+        t.error("when", "a raid counts events; distinct_reporters and lockdown are rule conditions")
+    if within is not None and within <= 0:
+        t.error("within", "must be longer than 0s")
+    if not name or at_least is None or not within:
+        if name and at_least is None:
+            t.error("at_least", "missing; expected how many events within the window make a raid")
+        if name and within is None:
+            t.error("within", 'missing; expected the window, e.g. "10m"')
+        return None
+    return RaidSpec(
+        name=name,
+        when=when,
+        at_least=int(at_least),
+        within_s=float(within),
+        lockdown_s=lockdown,
+        severity=Severity(severity or "critical"),
+        room=room,
+        description=description or "",
+        declared_in=t.file,
     )
 
 
@@ -316,6 +410,7 @@ def _cross_check(ruleset: RuleSet, config: Config, problems: Problems) -> None:
                 f"{where}.active",
                 f"no schedule called {rule.active.schedule!r}; schedules: {known}",
             )
+    _check_raids(ruleset, config, seen, problems)
     check_schedules(ruleset.schedules, config, problems)
     check_policies(ruleset.policies, ruleset.schedules, config, problems)
     env = config.evidence.key_env
@@ -330,16 +425,61 @@ def _cross_check(ruleset: RuleSet, config: Config, problems: Problems) -> None:
             )
 
 
-def evaluate(ruleset: RuleSet, event: Event, matches: Sequence[Match], now: datetime) -> Decision:
-    """Every rule that applies to ``event`` (with its hash ``matches``), merged."""
+def _check_raids(
+    ruleset: RuleSet, config: Config, lists: dict[str, str], problems: Problems
+) -> None:
+    names: set[str] = set()
+    room_names = {r.name for r in config.rooms}
+    for raid in ruleset.raids:
+        where = f"raid {raid.name!r}"
+        if raid.name in names:
+            problems.add(raid.declared_in, "raid", f"{where} is declared twice")
+        names.add(raid.name)
+        for name in raid.when.lists or ():
+            if name not in ("*", LOCAL_BANK) and name not in lists:
+                problems.add(raid.declared_in, f"{where}.when.lists", f"no list called {name!r}")
+        if raid.room is not None and raid.room not in room_names:
+            known = ", ".join(sorted(room_names)) or "none"
+            problems.add(
+                raid.declared_in,
+                f"{where}.room",
+                f"no room called {raid.room!r} in bot.toml; rooms: {known}",
+            )
+        if raid.room is None and not config.rooms:
+            problems.add(raid.declared_in, where, "a raid alerts but bot.toml has no [[room]]")
+        if not raid.when.events:
+            problems.add(
+                raid.declared_in,
+                f"{where}.when.events",
+                "a raid without events counts every event (reports, edits, new accounts);"
+                ' name them, e.g. events = ["post_created"]',
+                warning=True,
+            )
+
+
+def evaluate(
+    ruleset: RuleSet,
+    event: Event,
+    matches: Sequence[Match],
+    now: datetime,
+    signals: Signals | None = None,
+) -> Decision:
+    """Every rule that applies to ``event`` (with its hash ``matches``), merged.
+
+    ``signals``: lockdown and report counts (bot.raids); without them, rules that ask
+    for a lockdown or for distinct reporters do not apply.
+    """
     fired: list[Rule] = [
         r
         for r in ruleset.rules
         if (r.active is None or active_at(r.active, now, ruleset.schedules))
-        and _applies(r.when, event, matches, now)
+        and applies(r.when, event, matches, now, signals)
     ]
+    distressing = any(
+        spec.distressing for m in matches if (spec := ruleset.list(m.list)) is not None
+    )
     if not fired:
-        return Decision(matches=tuple(matches))
+        return Decision(matches=tuple(matches), distressing=distressing)
     severity = max((r.severity for r in fired), key=lambda s: s.rank)
     actions: list[str] = []
     for rule in fired:
@@ -357,10 +497,24 @@ def evaluate(ruleset: RuleSet, event: Event, matches: Sequence[Match], now: date
         alert=bool(alerting),
         room=room,
         matches=tuple(matches),
+        distressing=distressing,
     )
 
 
-def _applies(c: Conditions, event: Event, matches: Sequence[Match], now: datetime) -> bool:
+def applies(
+    c: Conditions,
+    event: Event,
+    matches: Sequence[Match],
+    now: datetime,
+    signals: Signals | None = None,
+) -> bool:
+    """Whether every condition of ``c`` holds for the event (rules and raids)."""
+    if c.lockdown is not None and (signals is not None and signals.lockdown) != c.lockdown:
+        return False
+    if c.distinct_reporters is not None:
+        at_least, within = c.distinct_reporters
+        if signals is None or signals.reporters_within(within) < at_least:
+            return False
     if c.events and event.kind not in c.events:
         return False
     if c.sources and event.source not in c.sources:

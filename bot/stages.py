@@ -28,7 +28,9 @@ class RulesStage:
     async def run(self, ctx: EventContext) -> None:
         """Evaluate every rule against the event and any matches found so far."""
         matches = ctx.facts.get("matches", ())
-        decision = evaluate(self._rules(), ctx.event, matches, as_datetime(ctx.now))
+        # signals: lockdown and report windows, left by bot.raids.SignalsStage
+        signals = ctx.facts.get("signals")
+        decision = evaluate(self._rules(), ctx.event, matches, as_datetime(ctx.now), signals)
         ctx.facts["decision"] = decision
         if decision.fired:
             log.info(

@@ -329,6 +329,62 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX evidence_sha256 ON evidence (sha256);
     CREATE INDEX evidence_file ON evidence (file);
     """,
+    # 6: reports, raids and lockdowns (bot.reports, bot.raids): sliding windows of
+    # distinct reporters per post and of events per raid, account creation times
+    # learnt from user_created, reports merged into an open alert, the lockdowns
+    """
+    CREATE TABLE report_windows (
+        source TEXT NOT NULL,
+        post_id TEXT NOT NULL,
+        reporter TEXT NOT NULL,  -- "name:<username>" or "id:<forum user id>"
+        first_at REAL NOT NULL,
+        last_at REAL NOT NULL,
+        PRIMARY KEY (source, post_id, reporter)
+    );
+    CREATE INDEX report_windows_last ON report_windows (last_at);
+
+    CREATE TABLE raid_hits (
+        raid TEXT NOT NULL,
+        key TEXT NOT NULL,  -- the post (or event) counted, once
+        at REAL NOT NULL,
+        event_id INTEGER,
+        PRIMARY KEY (raid, key)
+    );
+    CREATE INDEX raid_hits_at ON raid_hits (raid, at);
+
+    CREATE TABLE accounts (
+        source TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (source, user_id)
+    );
+
+    CREATE TABLE report_joins (
+        event_id INTEGER PRIMARY KEY,  -- a report event merged into an open alert
+        alert_id INTEGER NOT NULL,
+        at REAL NOT NULL
+    );
+
+    CREATE TABLE lockdowns (
+        id INTEGER PRIMARY KEY,
+        state TEXT NOT NULL,  -- on, off
+        started_at REAL NOT NULL,
+        ends_at REAL NOT NULL,
+        started_by TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        raid TEXT,
+        alert_id INTEGER,
+        next_reminder_at REAL NOT NULL,
+        reminders INTEGER NOT NULL DEFAULT 0,
+        settings_state TEXT NOT NULL DEFAULT 'none',  -- none, applying, on, restoring, off
+        settings TEXT NOT NULL DEFAULT '[]',  -- JSON: what each site setting change gave
+        ended_at REAL,
+        ended_by TEXT,
+        end_reason TEXT
+    );
+    -- At most one lockdown is on at a time.
+    CREATE UNIQUE INDEX lockdowns_on ON lockdowns (state) WHERE state = 'on';
+    """,
 )
 
 GENESIS_HASH = "0" * 64
@@ -1843,6 +1899,285 @@ class Store:
             for r in rows
         ]
 
+    # --- reports, raids and lockdowns (bot.reports, bot.raids) --------------------------
+
+    async def remember_account(self, source: str, user_id: str, created_at: float) -> None:
+        """Keep when a forum account was created (Discourse posts do not say)."""
+        await self._run(
+            "INSERT OR REPLACE INTO accounts (source, user_id, created_at) VALUES (?, ?, ?)",
+            (source, user_id, created_at),
+        )
+
+    async def account_created(self, source: str, user_id: str) -> float | None:
+        """When the account was created, if a user_created event told us."""
+        row = await self._one(
+            "SELECT created_at FROM accounts WHERE source = ? AND user_id = ?", (source, user_id)
+        )
+        return float(row[0]) if row else None
+
+    async def count_reporters(
+        self,
+        source: str,
+        post_id: str,
+        reporters: Sequence[str],
+        now: float,
+        windows: Sequence[float],
+        keep_s: float,
+    ) -> tuple[tuple[float, int], ...]:
+        """Record members' reports of a post (each member counts once), then count the
+        distinct reporters within each window; rows older than ``keep_s`` are dropped."""
+        async with self.transaction() as db:
+            for reporter in reporters:
+                await db.execute(
+                    "INSERT INTO report_windows (source, post_id, reporter, first_at, last_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, post_id, reporter)"
+                    " DO UPDATE SET last_at = MAX(last_at, excluded.last_at)",
+                    (source, post_id, reporter, now, now),
+                )
+            await db.execute("DELETE FROM report_windows WHERE last_at < ?", (now - keep_s,))
+            counts = []
+            for window in windows:
+                async with db.execute(
+                    "SELECT COUNT(*) FROM report_windows WHERE source = ? AND post_id = ?"
+                    " AND last_at >= ?",
+                    (source, post_id, now - window),
+                ) as cur:
+                    counts.append((window, int((await cur.fetchone())[0])))
+        return tuple(counts)
+
+    async def raid_hit(
+        self, raid: str, key: str, now: float, within_s: float, event_id: int | None
+    ) -> int:
+        """Count one event for a raid (once per key, at its first sighting) and return how
+        many it has within ``within_s`` of ``now``."""
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO raid_hits (raid, key, at, event_id) VALUES (?, ?, ?, ?)",
+                (raid, key, now, event_id),
+            )
+            await db.execute(
+                "DELETE FROM raid_hits WHERE raid = ? AND at < ?", (raid, now - within_s)
+            )
+            async with db.execute(
+                "SELECT COUNT(*) FROM raid_hits WHERE raid = ? AND at >= ?",
+                (raid, now - within_s),
+            ) as cur:
+                return int((await cur.fetchone())[0])
+
+    async def raid_count(self, raid: str, since: float) -> int:
+        """Events a raid counted after ``since``."""
+        row = await self._one(
+            "SELECT COUNT(*) FROM raid_hits WHERE raid = ? AND at > ?", (raid, since)
+        )
+        return int(row[0]) if row else 0
+
+    async def open_alert_with(
+        self, source: str, post_id: str | None, report_id: str | None
+    ) -> tuple[int, int, dict[str, Any], int] | None:
+        """(alert id, event id, target, hidden) of the newest open alert that already shows
+        this post (or this report), if any."""
+        if post_id is None and report_id is None:
+            return None
+        row = await self._one(
+            "SELECT e.alert_id, e.event_id, e.target, e.hidden FROM alert_events e"
+            " JOIN alerts a ON a.id = e.alert_id"
+            " WHERE a.source = ? AND a.status IN ('open', 'acked', 'acting')"
+            " AND ((? IS NOT NULL AND json_extract(e.target, '$.post_id') = ?)"
+            "   OR (? IS NOT NULL AND json_extract(e.target, '$.report.id') = ?))"
+            " ORDER BY e.alert_id DESC, e.added_at LIMIT 1",
+            (source, post_id, post_id, report_id, report_id),
+        )
+        if row is None:
+            return None
+        return int(row[0]), int(row[1]), json.loads(row[2]), int(row[3])
+
+    async def join_report(
+        self,
+        *,
+        alert_id: int,
+        target_event_id: int,
+        event_id: int,
+        merge: Any,
+        severity: str,
+        rules: Sequence[str],
+        actions: Sequence[NewAction],
+        now: float,
+    ) -> tuple[bool, tuple[int, ...]]:
+        """Merge a report event into the alert that shows its post: ``merge`` (a function of
+        the target dict) updates the target, the alert gains the rules and severity, the
+        actions are journaled on it, one edit is queued. (joined now?, pending action ids);
+        a second call for the same event changes nothing."""
+        from bot.model import Severity
+
+        async with self.transaction() as db:
+            cur = await db.execute(
+                "INSERT OR IGNORE INTO report_joins (event_id, alert_id, at) VALUES (?, ?, ?)",
+                (event_id, alert_id, now),
+            )
+            joined = cur.rowcount > 0
+            if joined:
+                async with db.execute(
+                    "SELECT target FROM alert_events WHERE alert_id = ? AND event_id = ?",
+                    (alert_id, target_event_id),
+                ) as c:
+                    row = await c.fetchone()
+                target = merge(json.loads(row[0]) if row else {})
+                await db.execute(
+                    "UPDATE alert_events SET target = ? WHERE alert_id = ? AND event_id = ?",
+                    (json.dumps(target, sort_keys=True, ensure_ascii=False), alert_id,
+                     target_event_id),
+                )  # fmt: skip
+                async with db.execute(
+                    "SELECT severity, rules FROM alerts WHERE id = ?", (alert_id,)
+                ) as c:
+                    arow = await c.fetchone()
+                top = max(Severity(arow[0]), Severity(severity), key=lambda s: s.rank)
+                merged = list(json.loads(arow[1]))
+                merged += [r for r in rules if r not in merged]
+                await db.execute(
+                    "UPDATE alerts SET count = count + 1, severity = ?, rules = ?,"
+                    " updated_at = ?, version = version + 1 WHERE id = ?",
+                    (top.value, json.dumps(merged), now, alert_id),
+                )
+                for action in actions:
+                    await self._insert_action(db, action, alert_id, now)
+                await self._enqueue(db, OutboxItem("*", "edit_alert", alert_id=alert_id), now)
+            pending: list[int] = []
+            keys = [a.dedupe_key for a in actions]
+            if keys:
+                marks = ",".join("?" * len(keys))
+                async with db.execute(
+                    f"SELECT id FROM forum_actions WHERE dedupe_key IN ({marks})"
+                    " AND state = 'pending' ORDER BY id",
+                    keys,
+                ) as c:
+                    pending = [r[0] for r in await c.fetchall()]
+        return joined, tuple(pending)
+
+    async def report_join(self, event_id: int) -> int | None:
+        """The alert a report event was merged into, if it was."""
+        row = await self._one("SELECT alert_id FROM report_joins WHERE event_id = ?", (event_id,))
+        return int(row[0]) if row else None
+
+    async def lockdown_current(self) -> dict[str, Any] | None:
+        """The lockdown that is on, if one is."""
+        row = await self._one("SELECT * FROM lockdowns WHERE state = 'on'")
+        return dict(row) if row else None
+
+    async def lockdown_latest(self) -> dict[str, Any] | None:
+        """The most recent lockdown, on or off."""
+        row = await self._one("SELECT * FROM lockdowns ORDER BY id DESC LIMIT 1")
+        return dict(row) if row else None
+
+    async def lockdown_begin(
+        self,
+        *,
+        started_at: float,
+        ends_at: float,
+        started_by: str,
+        reason: str,
+        raid: str | None,
+        next_reminder_at: float,
+        alert: LockdownAlert | None,
+        outbox: Sequence[OutboxItem],
+        audit: AuditItem,
+    ) -> tuple[int, bool]:
+        """Turn a lockdown on, with its alert, notices and audit entry, in one transaction.
+        (id, started): when one is already on, its id and False, and nothing is written."""
+        async with self.transaction() as db:
+            async with db.execute("SELECT id FROM lockdowns WHERE state = 'on'") as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                return int(row[0]), False
+            alert_id = None
+            if alert is not None:
+                async with db.execute(
+                    "INSERT INTO alerts (incident_key, source, severity, room, status, created_at,"
+                    " updated_at, count, summary, rules, dry_run)"
+                    " VALUES (?, ?, ?, ?, 'open', ?, ?, 1, ?, ?, ?) RETURNING id",
+                    (
+                        alert.incident_key,
+                        alert.source,
+                        alert.severity,
+                        alert.room,
+                        started_at,
+                        started_at,
+                        alert.summary,
+                        json.dumps(list(alert.rules)),
+                        int(alert.dry_run),
+                    ),
+                ) as cur:
+                    alert_id = int((await cur.fetchone())[0])
+                for chat, address in alert.rooms:
+                    item = OutboxItem(
+                        chat,
+                        "post_alert",
+                        {"room": address},
+                        dedupe_key=f"post:{alert_id}:{chat}",
+                        alert_id=alert_id,
+                    )
+                    await self._enqueue(db, item, started_at)
+            async with db.execute(
+                "INSERT INTO lockdowns (state, started_at, ends_at, started_by, reason, raid,"
+                " alert_id, next_reminder_at) VALUES ('on', ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (started_at, ends_at, started_by, reason, raid, alert_id, next_reminder_at),
+            ) as cur:
+                lockdown_id = int((await cur.fetchone())[0])
+            for item in outbox:
+                if item.dedupe_key is not None:
+                    item = dataclasses.replace(
+                        item, dedupe_key=item.dedupe_key.replace("{id}", str(lockdown_id))
+                    )
+                await self._enqueue(db, item, started_at)
+            await self._audit_in(
+                db,
+                dataclasses.replace(audit, target=f"lockdown #{lockdown_id}", alert_id=alert_id),
+                started_at,
+            )
+        return lockdown_id, True
+
+    async def lockdown_change(
+        self,
+        lockdown_id: int,
+        changes: dict[str, Any],
+        now: float,
+        *,
+        state: str | None = "on",
+        next_reminder_at: float | None = None,
+        outbox: Sequence[OutboxItem] = (),
+        audit: Sequence[AuditItem] = (),
+    ) -> bool:
+        """Change a lockdown if it is still in ``state`` (and, when given, its reminder is
+        still due at ``next_reminder_at``): compare-and-set, with its messages and audit."""
+        unknown = set(changes) - _LOCKDOWN_SETTABLE
+        if unknown:
+            raise ValueError(f"not a lockdown column one may set: {sorted(unknown)}")
+        names = sorted(changes)
+        sets = ", ".join(f"{n} = ?" for n in names)
+        where = "id = ?"
+        params: list[Any] = [changes[n] for n in names] + [lockdown_id]
+        if state is not None:
+            where += " AND state = ?"
+            params.append(state)
+        if next_reminder_at is not None:
+            where += " AND next_reminder_at = ?"
+            params.append(next_reminder_at)
+        async with self.transaction() as db:
+            # Column names come from _LOCKDOWN_SETTABLE only, values are bound.
+            cur = await db.execute(f"UPDATE lockdowns SET {sets} WHERE {where}", params)
+            if cur.rowcount == 0:
+                return False
+            for item in outbox:
+                await self._enqueue(db, item, now)
+            for entry in audit:
+                await self._audit_in(db, entry, now)
+        return True
+
+    async def lockdown_history(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest lockdowns, newest first."""
+        rows = await self._all("SELECT * FROM lockdowns ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(r) for r in rows]
+
 
 def now_s() -> float:
     """Wall-clock seconds; the one place the store's callers read real time by default."""
@@ -1871,6 +2206,19 @@ _ALERT_SETTABLE = frozenset(
 
 
 _OUTBOX_PRIORITY = {"post_alert": 0, "seed_buttons": 2}
+_LOCKDOWN_SETTABLE = frozenset(
+    {
+        "state",
+        "ends_at",
+        "next_reminder_at",
+        "reminders",
+        "settings_state",
+        "settings",
+        "ended_at",
+        "ended_by",
+        "end_reason",
+    }
+)
 
 
 class _Conflict(Exception):
@@ -1944,6 +2292,20 @@ class IncidentAlert:
     rooms: tuple[tuple[str, str], ...]  # (chat, room address) to post in
     group_window_s: float
     hold_s: float = 0.0  # how long the first post waits for automatic actions
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LockdownAlert:
+    """The alert a lockdown opens (a raid crossed its threshold): no post, a summary."""
+
+    incident_key: str
+    source: str
+    severity: str
+    room: str | None
+    summary: str
+    rules: tuple[str, ...]
+    rooms: tuple[tuple[str, str], ...]
     dry_run: bool = False
 
 

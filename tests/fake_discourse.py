@@ -6,7 +6,7 @@ It does three things a real Discourse does, in Discourse's wire format:
   ``/uploads/short-url/<base62>.<ext>`` redirect), and can misbehave on any path
   (status, redirect, delay, wrong type, huge body) for the media fetcher's tests;
 * answers the admin API calls Vigil makes (review perform, staff flag, delete,
-  unhide, suspend, silence), checking ``Api-Key`` / ``Api-Username`` and recording
+  unhide, suspend, silence, site settings), checking ``Api-Key`` / ``Api-Username`` and recording
   every call in :attr:`FakeDiscourse.calls`;
 * builds webhook bodies with the keys of real captures and sends them signed,
   byte-exact, with every ``X-Discourse-*`` header.
@@ -66,6 +66,11 @@ FLAGGED_POST_ACTIONS = (
 )
 QUEUED_POST_ACTIONS = ("approve_post", "reject_post", "revise_and_reject_post", "delete_user")
 USER_ACTIONS = ("approve_user", "reject_user_delete", "reject_user_block")
+# Trust-level settings Discourse 3.3 replaced by group settings; changing one is a 422.
+DEPRECATED_SETTINGS = {
+    "min_trust_to_post_embedded_media": "embedded_media_post_allowed_groups",
+    "review_media_unless_trust_level": "skip_review_media_groups",
+}
 _STATUS_NAMES = {0: "pending", 1: "approved", 2: "rejected", 3: "ignored", 4: "deleted"}
 _CONTENT_TYPES = {
     "png": "image/png",
@@ -214,6 +219,7 @@ class FakeDiscourse:
         self.posts: dict[int, FakePost] = {}
         self.users: dict[int, FakeUser] = {}
         self.reviewables: dict[int, FakeReviewable] = {}
+        self.site_settings: dict[str, str] = {"embedded_media_post_allowed_groups": "1|2|10"}
         self.uploads: dict[str, tuple[bytes, str]] = {}  # path -> (bytes, content type)
         self.upload_requests: list[str] = []  # paths of every GET under /uploads/
         self.webhooks_sent: list[tuple[str, int]] = []  # (event, status)
@@ -236,6 +242,7 @@ class FakeDiscourse:
         app.router.add_put("/posts/{id}/unhide", self._unhide_post)
         app.router.add_put("/admin/users/{id}/suspend.json", self._suspend)
         app.router.add_put("/admin/users/{id}/silence.json", self._silence)
+        app.router.add_put("/admin/site_settings/{name}", self._site_setting)
         app.router.add_get("/{tail:.*}", self._serve_any)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -1040,6 +1047,26 @@ class FakeDiscourse:
                 }
             }
         )
+
+    async def _site_setting(self, request: web.Request) -> web.Response:
+        body, refused = await self._admin(request)
+        if refused is not None:
+            return refused
+        name = request.match_info["name"]
+        if name in DEPRECATED_SETTINGS:
+            return _error(
+                422,
+                "You cannot change this site setting because it is deprecated, use "
+                f"{DEPRECATED_SETTINGS[name]} instead.",
+                "invalid_parameters",
+            )
+        value = (body or {}).get(name)
+        if value is None:
+            return _error(
+                400, f"param is missing or the value is empty: {name}", "invalid_parameters"
+            )
+        self.site_settings[name] = str(value).strip()
+        return web.Response(status=200)
 
 
 def _int(value: str) -> int:

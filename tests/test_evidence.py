@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import getpass
+import io
 import logging
 import sqlite3
 import textwrap
@@ -21,6 +22,7 @@ import pytest
 from bench.imagegen import encode, make_image
 from bot.app import App, load_everything
 from bot.chat_service import AlertStage
+from bot.cli import check
 from bot.cli import main as vigil_cli
 from bot.clock import ManualClock
 from bot.evidence import (
@@ -288,6 +290,10 @@ async def test_without_a_key_evidence_is_recorded_without_bytes_and_warned(
         "list 'iwf-test'.illegal" in str(p) and "will NOT be kept" in str(p)
         for p in problems.warnings
     )
+    report = io.StringIO()
+    assert check(path, report) == 0
+    assert "evidence  OFF ($VIGIL_EVIDENCE_KEY is not set)" in report.getvalue()
+    assert "will NOT be kept" in report.getvalue()
     v = await start_vigil(path, forum)
     try:
         event_id = await v.post_image(ILLEGAL_PNG, 507)

@@ -239,3 +239,16 @@ async def test_user_created_keeps_no_email_or_ip(app: App, http) -> None:
     assert status == 200
     payload = (await stored(app))[0]["payload"]
     assert "adsad@example.com" not in payload and "203.0.113.9" not in payload
+
+
+async def test_running_app_keeps_email_and_ip_only_in_the_restricted_table(app: App, http) -> None:
+    doc = {"user": {"id": 9, "username": "newmember", "email": "new@example.com",
+                    "ip_address": "198.51.100.23", "created_at": "2026-11-20T10:58:17.185Z",
+                    "trust_level": 0}}
+    body = encode(doc)
+    status, _ = await post(http, app, body, discourse_headers(body, delivery="pii-1", event="user_created", event_type="user"))
+    assert status == 200
+    assert app.store is not None
+    kept = {(r["kind"], r["value"]) for r in await app.store.personal_rows()}
+    assert kept == {("email", "new@example.com"), ("ip", "198.51.100.23")}
+    assert "new@example.com" not in (await stored(app))[0]["payload"]

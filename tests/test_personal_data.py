@@ -291,6 +291,7 @@ async def test_whois_answers_an_admin_and_audits_without_the_values(server: Serv
 async def test_whois_of_an_unknown_account_says_so_and_is_audited(server: Server) -> None:
     result = await whois(server.store, "forum", "nobody", ADMIN, now=server.clock.now())
     assert result.records == () and "No personal data" in result.render()
+    assert "deleted after 30 days" in result.render()
     assert (await server.store.audit_entries())[0].detail["found"] == 0
 
 
@@ -310,3 +311,34 @@ def test_privacy_settings_are_checked(tmp_path: Path) -> None:
     messages = [str(p) for p in problems.errors]
     assert any("privacy.keep_personal_data" in m and "true or false" in m for m in messages)
     assert any("privacy.personal_data_days" in m and "from 1 to 3650" in m for m in messages)
+
+
+def load_fixture(name: str) -> tuple[dict, dict]:
+    doc = json.loads((Path(__file__).parent / "data" / "discourse" / name).read_text())
+    return doc["headers"], doc["body"]
+
+
+def test_discourse_parser_hands_over_the_current_email_and_ips_beside_the_event() -> None:
+    from adapters.discourse_webhooks import DiscourseParser
+
+    headers, body = load_fixture("user_created.json")
+    parsed = DiscourseParser().parse("forum", headers, body)
+    assert parsed.personal == PersonalData(
+        "4022",
+        "fresh_account",
+        ("203.0.113.77", "198.51.100.23"),
+        ("fresh.account@mail.example.com",),
+    )
+    assert "@" not in json.dumps(parsed.event.to_dict())
+
+
+def test_discourse_user_reviewable_hands_over_the_queued_users_email() -> None:
+    from adapters.discourse_webhooks import DiscourseParser
+
+    headers, body = load_fixture("reviewable_created_user.json")
+    parsed = DiscourseParser().parse("forum", headers, body)
+    assert parsed.personal == PersonalData(
+        "4024", "spammy_signup", (), ("spammy@mail.example.com",)
+    )
+    headers, body = load_fixture("reviewable_created_flagged_post.json")
+    assert DiscourseParser().parse("forum", headers, body).personal is None
