@@ -32,7 +32,7 @@ def start_service(config: Path) -> subprocess.Popen:
     )
 
 
-async def wait_healthy(http: aiohttp.ClientSession, port: int, deadline_s: float = 30) -> None:
+async def wait_healthy(http: aiohttp.ClientSession, port: int, deadline_s: float = 90) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         try:
