@@ -498,6 +498,13 @@ class DiscourseParser:
         extra: dict[str, Any] = {"reviewable_type": rtype}
         if kind is not ReportKind.QUEUED_POST and creator_id is not None:
             extra["reporter_id"] = creator_id
+        # One score per flag, and Discourse takes one flag per member and post: the
+        # score ids count distinct reporters, where created_by only names the first.
+        score_ids = [
+            s for s in opt_list(r, "reviewable_score_ids", path) if isinstance(s, int | str)
+        ]
+        if score_ids and kind is ReportKind.FLAGGED_POST:
+            extra["score_ids"] = [str(s) for s in score_ids]
 
         post: Post | None = None
         user: Author | None = None

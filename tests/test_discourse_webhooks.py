@@ -442,3 +442,24 @@ def test_headers_are_found_whatever_their_case():
 @given(st.text(max_size=300))
 def test_media_scan_never_crashes_on_arbitrary_text(text):
     extract_media(text, text)
+
+
+def test_flag_score_ids_count_distinct_reporters() -> None:
+    from bot.reports import reporter_keys
+
+    body = {
+        "reviewable": {
+            "id": 31, "type": "ReviewableFlaggedPost", "status": 0, "version": 2,
+            "score": 9.0, "target_type": "Post", "target_id": 70, "post_id": 70,
+            "topic_id": 24, "created_by_id": 5, "target_created_by_id": 8,
+            "reviewable_score_ids": [101, 102, 103],
+            "raw": "text", "cooked": "<p>text</p>",
+        }
+    }
+    headers = {
+        "X-Discourse-Event-Id": "9", "X-Discourse-Event-Type": "reviewable",
+        "X-Discourse-Event": "reviewable_score_updated",
+    }
+    event = DiscourseParser().parse("forum", headers, body).event
+    assert event is not None
+    assert reporter_keys(event) == ("score:101", "score:102", "score:103")
