@@ -449,6 +449,8 @@ def help_text(reach: Sequence[str] = ()) -> ChatMessage:
         " (moderators; FROM now or 22:00, TO 07:00 or 4h, your time zone)",
         "!lockdown on [2h] · !lockdown off · !lockdown status: image posts from new accounts"
         " are hidden (and, where set up, switched off on the forum) while it is on",
+        "!whois USER: admins only; the account's IP addresses and emails, sent to you in a"
+        " direct message (never in the room), and the lookup is audited",
         "Volunteers may ack, take down and start a lockdown; moderators also suspend, delete,"
         " dismiss, restore and end a lockdown; admins everything."
         " Redacting a reaction undoes nothing: ↩️ does.",

@@ -84,8 +84,13 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Keep libraries that log personal data at debug level quiet, whatever the level."""
     # aiohttp's access log would print client addresses; Vigil's own lines suffice.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # aiosqlite logs every statement's parameters at debug: webhook payloads and the
-    # restricted personal-data rows. Never let it, whatever the level asked for.
+    # restricted personal-data rows.
     logging.getLogger("aiosqlite").setLevel(logging.INFO)

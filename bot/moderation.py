@@ -86,6 +86,8 @@ ROLE_NEEDED: dict[str, Role] = {
     "delete": Role.MODERATOR,
     "dismiss": Role.MODERATOR,
     "restore": Role.MODERATOR,
+    # Personal data (IP, email) is for admins only, answered in a DM, always audited.
+    "whois": Role.ADMIN,
 }
 OP_LABEL = {
     "ack": "👀 (I'm on it)",
@@ -102,6 +104,7 @@ OP_LABEL = {
     "lockdown_on": "!lockdown on",
     "lockdown_off": "!lockdown off",
     "lockdown_status": "!lockdown status",
+    "whois": "!whois",
 }
 ALERT_COMMANDS = ("ack", "takedown", "dismiss", "restore", "delete", "suspend", "confirm")
 ESCALATION_COMMANDS = ("oncall", "override", "report")  # answered, no alert touched
@@ -445,6 +448,13 @@ class Moderation:
                         reply_in_room=True, rest=" ".join(words))
             )  # fmt: skip
             return
+        if word == "whois":
+            # Never answered in the room: the reply (and any refusal) goes by DM.
+            await self.handle(
+                Request(*base, "whois", None, "!whois", command.room, reply_in_room=False,
+                        rest=" ".join(rest))
+            )  # fmt: skip
+            return
         if word == "status":
             await self.handle(
                 Request(*base, "status", None, "!status", command.room, reply_in_room=True)
@@ -519,6 +529,9 @@ class Moderation:
             return
         if req.op.startswith("lockdown_"):
             await self._lockdown(req, person)
+            return
+        if req.op == "whois":
+            await self._apply(Plan(), req, await self._whois(req, person))
             return
         if req.op in ESCALATION_COMMANDS:
             answer = {"oncall": self._oncall, "override": self._override, "report": self._report}
@@ -619,6 +632,29 @@ class Moderation:
         plan = Plan(outbox=(self._reply_item(req, message),), chat_event=(req.chat, req.event_id))
         if (await self.store.apply_plan(plan, self.clock.now())).status == "applied":
             self.wake_outbox()
+
+    # --- !whois ------------------------------------------------------------------------
+
+    async def _whois(self, req: Request, person: StaffMember) -> str:
+        """The personal data kept for a forum account; the lookup itself is audited."""
+        from bot.personal_data import NotAllowed, whois
+
+        target = req.rest.strip()
+        if not target:
+            return "Usage: !whois USERNAME (or a forum user id). The answer comes in this DM."
+        try:
+            result = await whois(
+                self.store,
+                None,
+                target,
+                person,
+                now=self.clock.now(),
+                keep_days=self.config.privacy.personal_data_days,
+                via=req.chat,
+            )
+        except NotAllowed:
+            return "!whois needs the admin role. Nothing was looked up."
+        return result.render()
 
     # --- !oncall, !override, !report --------------------------------------------------
 
