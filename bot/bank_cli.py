@@ -26,19 +26,26 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
 from bot.hashing import MAX_LOCAL_BYTES, ImageRejected
-from bot.lists import BANK_SPEC, LOCAL_BANK, ListRegistry, MatchResult, bank_entries_for
+from bot.lists import (
+    BANK_SPEC,
+    LOCAL_BANK,
+    ListRegistry,
+    MatchResult,
+    bank_entries_for,
+    strictest_verdict,
+)
 from bot.matching import HammingIndex
 from bot.model import Match
 from bot.scanning import merge_results
 from bot.store import Store
-from bot.tiers import REVIEW, REVIEW_LOWFREQ_DISTANCE, strictest, verdict
+from bot.tiers import REVIEW, REVIEW_LOWFREQ_DISTANCE
 from bot.variants import LOWFREQ_BITS, QueryHashes, hash_for_enrolment, hash_for_query
 
 log = logging.getLogger(__name__)
@@ -110,17 +117,6 @@ def match_query(
             tuple(sorted((*result.matches, lowfreq), key=lambda m: (m.list, m.kind)))
         )
     return result
-
-
-def verdict_of(registry: ListRegistry, result: MatchResult) -> str:
-    """``allow``, ``hold`` or ``block``; a review-tier match is at most ``hold``."""
-    if result.allowed_by is not None:
-        return "allow"
-    verdicts = []
-    for m in result.matches:
-        spec = registry.spec(m.list)
-        verdicts.append(verdict(spec.verdict if spec is not None else "block", m))
-    return strictest(verdicts)
 
 
 def _read(path: str) -> bytes:
@@ -224,7 +220,7 @@ async def scan(config_path: Path, paths: Sequence[str], out: TextIO, err: TextIO
                 out,
                 {
                     "path": path,
-                    "verdict": verdict_of(registry, result),
+                    "verdict": strictest_verdict(registry, result),
                     "matches": [
                         {"list": m.list, "kind": m.kind, "distance": m.distance, "tier": m.tier}
                         for m in result.matches
@@ -236,19 +232,32 @@ async def scan(config_path: Path, paths: Sequence[str], out: TextIO, err: TextIO
     return status
 
 
-def command(name: str, argv: Sequence[str], out: TextIO, err: TextIO) -> int:
-    """``vigil bank ...`` (``name="bank"``) or ``vigil scan ...`` (``name="scan"``)."""
-    default = Path(os.environ.get("VIGIL_CONFIG", "bot.toml"))
-    if name == "bank":
-        ap = argparse.ArgumentParser(prog="vigil bank", description="the local bank")
-        sub = ap.add_subparsers(dest="action", required=True, metavar="ACTION")
-        p = sub.add_parser("add", help="enrol images into the local bank, as a takedown would")
-    else:
-        p = ap = argparse.ArgumentParser(
-            prog="vigil scan", description="check images against the lists, one JSON line each"
-        )
-    p.add_argument("-c", "--config", type=Path, default=default, help="path to bot.toml")
+def add_parsers(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register ``bank add`` and ``scan`` on the ``vigil`` subcommands (``bot.cli``)."""
+    bank = sub.add_parser("bank", help="the local bank: vigil bank add PATH...")
+    actions = bank.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="enrol images into the local bank, as a takedown would")
+    config_arg(add)
+    add.add_argument("paths", nargs="+", metavar="PATH")
+    p = sub.add_parser("scan", help="check images against the lists, one JSON line each")
+    config_arg(p)
     p.add_argument("paths", nargs="+", metavar="PATH")
-    args = ap.parse_args(list(argv))
-    body = bank_add if name == "bank" else scan
+
+
+def dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run a parsed ``vigil bank add`` or ``vigil scan``."""
+    body = bank_add if args.command == "bank" else scan
     return asyncio.run(body(args.config, args.paths, out, err))
+
+
+def command(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """``vigil bank add ...`` or ``vigil scan ...`` from the words after ``vigil``."""
+    ap = argparse.ArgumentParser(prog="vigil")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_arg(p: argparse.ArgumentParser) -> None:
+        default = Path(os.environ.get("VIGIL_CONFIG", "bot.toml"))
+        p.add_argument("-c", "--config", type=Path, default=default, help="path to bot.toml")
+
+    add_parsers(sub, config_arg)
+    return dispatch(ap.parse_args(list(argv)), out, err)

@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("demo", help="replay an overnight attack on a throwaway Matrix server")
+    p.add_argument("--fast", action="store_true", help="run in seconds, exit 1 if a step fails")
+    p.add_argument("--port", type=int, help="the homeserver's port (default: a free one)")
+    p.add_argument("--data", type=Path, help="keep the demo's files here (an empty directory)")
+    p.add_argument("--skip", action="append", default=[], help=argparse.SUPPRESS)  # tests
+    from bot.bank_cli import add_parsers
+
+    add_parsers(sub, _config_arg)  # vigil bank add, vigil scan
     return parser
 
 
@@ -58,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return check(args.config, sys.stdout)
+    if args.command == "demo":
+        # adapters.demo drives a Matrix client: imported only when asked for.
+        from adapters.demo import DemoOptions
+        from adapters.demo import main as demo_main
+
+        return demo_main(DemoOptions(args.fast, args.port, args.data, frozenset(args.skip)))
     if args.command == "run":
         return run(args.config)
     if args.command == "hash":
@@ -80,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         from bot.evidence import evidence_command
 
         return evidence_command(_rest(args.args), sys.stdout, sys.stderr)
+    if args.command in ("bank", "scan"):
+        from bot.bank_cli import dispatch
+
+        return dispatch(args, sys.stdout, sys.stderr)
     return 2
 
 

@@ -50,6 +50,7 @@ from bot.matching import HammingIndex
 from bot.model import Match, Severity
 from bot.rules import LOCAL_BANK, ListSpec, RuleSet
 from bot.store import Store
+from bot.tiers import strictest, verdict
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ MIN_PDQ_QUALITY = 50
 # such a match by itself. Anything looser (a list widening its radius, the 64-bit
 # hashes) is shown to a person as "review".
 CONFIDENT_PDQ_DISTANCE = 31
-VERDICT_RANK = {"allow": 0, "hold": 1, "block": 2}
 
 # The local bank behaves like a declared list with these settings.
 BANK_SPEC = ListSpec(
@@ -545,13 +545,13 @@ def _bank_list(values: dict[str, list[str]]) -> LoadedList:
 
 
 def strictest_verdict(registry: ListRegistry, result: MatchResult) -> str:
-    """``allow``, ``hold`` or ``block``: the strictest verdict of the lists matched."""
+    """``allow``, ``hold`` or ``block``: the strictest verdict of the lists matched.
+
+    A review-tier match is at most ``hold``: only a confident match may block by itself.
+    """
     if result.allowed_by is not None:
         return "allow"
-    verdict = "allow"
-    for m in result.matches:
-        spec = registry.spec(m.list)
-        v = spec.verdict if spec is not None else "block"
-        if VERDICT_RANK[v] > VERDICT_RANK[verdict]:
-            verdict = v
-    return verdict
+    return strictest(
+        verdict(spec.verdict if (spec := registry.spec(m.list)) is not None else "block", m)
+        for m in result.matches
+    )

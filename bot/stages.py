@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from bot.clock import as_datetime
 from bot.pipeline import EventContext
-from bot.rules import RuleSet, evaluate
+from bot.rules import RuleSet
+from bot.tiers import decide
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ class RulesStage:
         matches = ctx.facts.get("matches", ())
         # signals: lockdown and report windows, left by bot.raids.SignalsStage
         signals = ctx.facts.get("signals")
-        decision = evaluate(self._rules(), ctx.event, matches, as_datetime(ctx.now), signals)
+        # Forum actions only from confident matches: a review-tier match alerts a person.
+        decision = decide(self._rules(), ctx.event, matches, as_datetime(ctx.now), signals)
         ctx.facts["decision"] = decision
         if decision.fired:
             log.info(

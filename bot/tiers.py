@@ -20,7 +20,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from bot.model import Event, Match
-from bot.rules import Decision, RuleSet, evaluate
+from bot.rules import Decision, RuleSet, Signals, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +57,24 @@ def confident(matches: Iterable[Match]) -> tuple[Match, ...]:
     return tuple(m for m in matches if may_act(m))
 
 
-def decide(ruleset: RuleSet, event: Event, matches: Sequence[Match], now: datetime) -> Decision:
+def decide(
+    ruleset: RuleSet,
+    event: Event,
+    matches: Sequence[Match],
+    now: datetime,
+    signals: Signals | None = None,
+) -> Decision:
     """``bot.rules.evaluate`` with the tier rule: forum actions only from confident matches.
 
     Rules are evaluated on every match for the alert (severity, room, which rules fired)
     and again on the confident matches alone for the forum actions; a rule that fires only
     because of a review-tier match alerts but does nothing on the forum.
     """
-    full = evaluate(ruleset, event, matches, now)
+    full = evaluate(ruleset, event, matches, now, signals)
     sure = confident(matches)
     if len(sure) == len(matches):
         return full
-    acting = evaluate(ruleset, event, sure, now)
+    acting = evaluate(ruleset, event, sure, now, signals)
     if acting.actions != full.actions:
         log.info(
             "review-tier matches only: actions %s held for a person",

@@ -261,14 +261,14 @@ def test_bank_add_then_scan_follow_the_contract(tmp_path, photos: list[Image.Ima
         (tmp_path / name).write_bytes(data)
 
     out, err = io.StringIO(), io.StringIO()
-    status = command("bank", ["add", "-c", str(config), str(tmp_path / "original.jpg")], out, err)
+    status = command(["bank", "add", "-c", str(config), str(tmp_path / "original.jpg")], out, err)
     assert status == 0, err.getvalue()
     (added,) = [json.loads(line) for line in out.getvalue().splitlines()]
     assert added["path"].endswith("original.jpg") and added["added"] > 200
 
     names = ["original.jpg", "cropped.jpg", "crop10.jpg", "other.jpg", "broken.jpg"]
     out = io.StringIO()
-    status = command("scan", ["-c", str(config), *(str(tmp_path / n) for n in names)], out, err)
+    status = command(["scan", "-c", str(config), *(str(tmp_path / n) for n in names)], out, err)
     assert status == 1  # the broken file
     lines = {Path(d["path"]).name: d for d in map(json.loads, out.getvalue().splitlines())}
     assert list(lines) == names
