@@ -7,6 +7,7 @@ the kind of each configured source, so the core stays free of forum and chat cod
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -287,8 +288,15 @@ class App:
                 metrics.TIME_TO_TAKEDOWN.labels(alert.severity).observe(took)
             if self.lists is None or alert.resolution not in ("taken_down", "suspended", "deleted"):
                 return
+            # With the scanner, each image's original is fetched again so its enrolment
+            # variants (crops, lowfreq) are banked too (bot.lists.ListRegistry.bank_add_event).
+            originals = None
+            if self.scanner is not None and self.store is not None:
+                originals = functools.partial(self.scanner.enrolment, self.store)
             for t in alert.targets:
-                await self.lists.bank_add_event(t.event_id, actor, f"alert #{alert.id}", alert.id)
+                await self.lists.bank_add_event(
+                    t.event_id, actor, f"alert #{alert.id}", alert.id, originals
+                )
 
         def lists_status() -> list[str]:
             if self.lists is None:

@@ -13,8 +13,10 @@ cut out of a frame, PDQ at the variants' scale, lowfreq). One JSON line per path
 "distance", "tier"}, ...]}``. A review-tier match never makes the verdict ``block``
 (:func:`bot.tiers.verdict`). Exit status 1 if a file could not be read or hashed.
 
-:func:`match_query` is the matching both commands' service counterparts need: the
-pipeline and ``/v1/check`` can call it with the same arguments.
+Both go through the registry as the service does: ``bank add`` through
+:meth:`bot.lists.ListRegistry.bank_enrol` (as a takedown whose original could be fetched
+again), ``scan`` through :meth:`bot.lists.ListRegistry.match_query` (as the pipeline and
+``/v1/check``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -30,93 +31,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
 from bot.hashing import MAX_LOCAL_BYTES, ImageRejected
-from bot.lists import (
-    BANK_SPEC,
-    LOCAL_BANK,
-    ListRegistry,
-    MatchResult,
-    bank_entries_for,
-    strictest_verdict,
-)
-from bot.matching import HammingIndex
-from bot.model import Match
-from bot.scanning import merge_results
+from bot.lists import ListRegistry, strictest_verdict
 from bot.store import Store
-from bot.tiers import REVIEW, REVIEW_LOWFREQ_DISTANCE
-from bot.variants import LOWFREQ_BITS, QueryHashes, hash_for_enrolment, hash_for_query
+from bot.variants import hash_for_enrolment, hash_for_query
 
 log = logging.getLogger(__name__)
-
-LOWFREQ = "lowfreq"
-
-
-class ReviewIndex:
-    """The bank's lowfreq hashes (review tier), indexed for radius ``REVIEW_LOWFREQ_DISTANCE``."""
-
-    def __init__(self, hexes: Sequence[str]) -> None:
-        """Index ``hexes`` (32 hex digits each)."""
-        self._index: HammingIndex | None = None
-        if hexes:
-            raw = bytes.fromhex("".join(hexes))
-            arr = np.frombuffer(raw, dtype=np.uint8).reshape(len(hexes), LOWFREQ_BITS // 8)
-            self._index = HammingIndex(arr.copy(), LOWFREQ_BITS, REVIEW_LOWFREQ_DISTANCE)
-
-    @classmethod
-    async def from_store(cls, store: Store) -> ReviewIndex:
-        """The lowfreq rows of the bank table."""
-        return cls([v for kind, v in await store.bank_entries() if kind == LOWFREQ])
-
-    def nearest(self, queries: Sequence[str]) -> int | None:
-        """The smallest distance from any query to any stored hash within the radius."""
-        if self._index is None:
-            return None
-        best: int | None = None
-        for q in queries:
-            found = self._index.query(bytes.fromhex(q))
-            if found and (best is None or found[0][1] < best):
-                best = found[0][1]
-        return best
-
-
-def match_query(
-    registry: ListRegistry, q: QueryHashes, review: ReviewIndex, media_index: int = 0
-) -> MatchResult:
-    """Every match of a scanned image: its own hashes, its trimmed and small-scale PDQs
-    against every list (tier as the registry says), and lowfreq against the bank (review).
-    """
-    base = q.base
-    lookups = [registry.match_image(base, media_index)]
-    extra = [(q.trimmed_pdq, q.trimmed_pdq_quality)] if q.trimmed_pdq else []
-    extra += [((h,), 100) for h in q.small_pdq]  # only kept when their quality was >= 50
-    for pdqs, quality in extra:
-        # The same image with other PDQs: exact and 64-bit matches repeat and merge away.
-        alt = dataclasses.replace(
-            base, pdq=pdqs[0], pdq_dihedral=tuple(pdqs), pdq_quality=quality, extra_frames=()
-        )
-        lookups.append(registry.match_image(alt, media_index))
-    result = merge_results(*lookups)
-    if result.allowed_by is not None:
-        return result
-    distance = review.nearest(q.lowfreq)
-    if distance is not None and not any(
-        m.list == LOCAL_BANK and m.tier != REVIEW for m in result.matches
-    ):
-        lowfreq = Match(
-            list=LOCAL_BANK,
-            kind=LOWFREQ,
-            distance=distance,
-            category=BANK_SPEC.category,
-            severity=BANK_SPEC.severity,
-            media_index=media_index,
-            tier=REVIEW,
-        )
-        result = MatchResult(
-            tuple(sorted((*result.matches, lowfreq), key=lambda m: (m.list, m.kind)))
-        )
-    return result
 
 
 def _read(path: str) -> bytes:
@@ -146,18 +66,11 @@ async def enrol_bytes(
 ) -> tuple[int, int]:
     """Bank an original with its variants; returns (hashes new to the bank, variants kept).
 
-    What a takedown should call while it still holds the image's bytes.
+    The same path as a takedown whose original could be fetched again
+    (:meth:`bot.lists.ListRegistry.bank_enrol`).
     """
-    store = registry.store
-    if store is None:
-        raise RuntimeError("the local bank needs the store")
     base, enrol = await asyncio.to_thread(hash_for_enrolment, data)
-    entries = bank_entries_for(base) + [("pdq", h) for h in enrol.pdq]
-    added = await registry.bank_add_entries(entries, added_by, reason)
-    # lowfreq rows go in the same table; the registry keeps kinds it does not index.
-    added += await store.bank_insert(
-        [(LOWFREQ, h) for h in enrol.lowfreq], added_by, reason, None, registry.clock.now()
-    )
+    added = await registry.bank_enrol(base, enrol, added_by, reason)
     return added, len(enrol.pdq) + len(enrol.lowfreq)
 
 
@@ -207,7 +120,6 @@ async def scan(config_path: Path, paths: Sequence[str], out: TextIO, err: TextIO
     registry, store = opened
     status = 0
     try:
-        review = await ReviewIndex.from_store(store)
         for path in paths:
             try:
                 q = await asyncio.to_thread(hash_for_query, _read(path))
@@ -215,7 +127,7 @@ async def scan(config_path: Path, paths: Sequence[str], out: TextIO, err: TextIO
                 _write(out, _error_line(path, e))
                 status = 1
                 continue
-            result = match_query(registry, q, review)
+            result = registry.match_query(q)
             _write(
                 out,
                 {

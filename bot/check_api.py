@@ -31,10 +31,11 @@ from aiohttp import web
 from yarl import URL
 
 from bot.config import Config, SourceConfig
-from bot.hashing import ImageHashes, ImageRejected
+from bot.hashing import ImageRejected
 from bot.lists import ListRegistry, strictest_verdict
 from bot.media import MediaRefused, absolute_url, host_key
 from bot.scanning import MediaScanner, is_transient
+from bot.variants import QueryHashes
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,9 @@ class CheckApi:
         ctype = request.content_type
         try:
             if ctype == "multipart/form-data":
-                hashes = await self._from_upload(request, scanner)
+                query = await self._from_upload(request, scanner)
             elif ctype == "application/json":
-                hashes = await self._from_url(request, scanner)
+                query = await self._from_url(request, scanner)
             else:
                 return _error(
                     415, "send multipart/form-data with an 'image' part, or JSON {\"url\": ...}"
@@ -100,7 +101,10 @@ class CheckApi:
             return a.response
         except ImageRejected as e:
             return _error(422, f"image cannot be checked: {e.reason}")
-        result = lists.match_image(hashes)
+        # The query hashes, as the pipeline matches a post's images: a cropped, framed or
+        # captioned copy is found too (a review-tier match holds at most, never blocks).
+        result = lists.match_query(query)
+        hashes = query.base
         verdict = strictest_verdict(lists, result)
         log.info(
             "check: verdict=%s matches=%d sha256=%s",
@@ -126,7 +130,7 @@ class CheckApi:
             }
         )
 
-    async def _from_upload(self, request: web.Request, scanner: MediaScanner) -> ImageHashes:
+    async def _from_upload(self, request: web.Request, scanner: MediaScanner) -> QueryHashes:
         cap = self.config.media.max_bytes
         try:
             reader = await request.multipart()
@@ -138,12 +142,12 @@ class CheckApi:
                     data += chunk
                     if len(data) > cap:
                         raise _Answer(_error(413, f"image is over the {cap} byte limit"))
-                return await scanner.hash_bytes(bytes(data))
+                return await scanner.query_bytes(bytes(data))
         except (ValueError, AssertionError) as e:  # aiohttp's multipart reader on bad input
             raise _Answer(_error(400, f"malformed multipart body: {e}")) from None
         raise _Answer(_error(400, "no part named 'image' in the multipart body"))
 
-    async def _from_url(self, request: web.Request, scanner: MediaScanner) -> ImageHashes:
+    async def _from_url(self, request: web.Request, scanner: MediaScanner) -> QueryHashes:
         body = await request.content.read(_MAX_JSON_BYTES + 1)
         if len(body) > _MAX_JSON_BYTES:
             raise _Answer(_error(413, "JSON body is too large"))
@@ -156,7 +160,7 @@ class CheckApi:
         source = self._source_for(doc["url"], doc.get("source"))
         url = absolute_url(source.base_url, doc["url"]) if source.base_url else doc["url"]
         try:
-            return await scanner.fetch_and_hash(url, scanner.policy(source))
+            return await scanner.fetch_and_query(url, scanner.policy(source))
         except MediaRefused as e:
             status = 502 if is_transient(e.reason) else 422
             raise _Answer(_error(status, f"image cannot be checked: {e.reason}")) from None

@@ -6,7 +6,8 @@ the JPEG decoder for a reduced-size decode (``draft``), shrinks everything else 
 ``thumbnail_px`` thumbnail, and computes pHash, dHash (imagehash, 64-bit) and PDQ with
 its 8 dihedral variants (pdqhash) from that one small image. Hashing the thumbnail moves
 PDQ by a few bits and is many times faster than hashing the full image
-(``python -m bench.hashing``).
+(``python -m bench.hashing``). :func:`hash_image_and_thumbnail` also hands out that upright
+thumbnail, so the robust hashes of :mod:`bot.variants` need no second decode.
 
 Animations (GIF, animated WebP/PNG, multi-page TIFF): the main hashes are those of the
 first frame; frames 1 .. ``max_frames - 1`` are hashed too (``ImageHashes.extra_frames``)
@@ -26,10 +27,11 @@ import multiprocessing
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeVar
 
 import imagehash
 import numpy as np
@@ -37,6 +39,7 @@ import pdqhash
 from PIL import Image, ImageFile
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -262,18 +265,27 @@ def _perceptual(rgb: Image.Image) -> tuple[str, str, str, int, tuple[str, ...]]:
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError)
 
 
-def _frame_hashes(
+def _upright_thumbnail(
     im: Image.Image, limits: DecodeLimits, fix: Image.Transpose | None
-) -> tuple[str, str, str, int, tuple[str, ...]]:
-    """Perceptual hashes of the current frame, upright."""
+) -> Image.Image:
+    """The current frame decoded small (RGB, at most ``thumbnail_px`` a side), upright."""
     small = _reduce(im, limits)
-    if fix is not None:
-        small = small.transpose(fix)
-    return _perceptual(small)
+    return small.transpose(fix) if fix is not None else small
 
 
 def hash_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> ImageHashes:
     """Hash one image file's bytes; raise ImageRejected (with a reason) for anything bad."""
+    return hash_image_and_thumbnail(data, limits)[0]
+
+
+def hash_image_and_thumbnail(
+    data: bytes, limits: DecodeLimits = DecodeLimits()
+) -> tuple[ImageHashes, Image.Image]:
+    """:func:`hash_image` and the upright frame-0 thumbnail it hashed, from its one decode.
+
+    The thumbnail (RGB, at most ``limits.thumbnail_px`` a side) is what the robust hashes
+    of :mod:`bot.variants` are computed from, so they cost no second decode.
+    """
     # Another library in the process (Synapse sets it at import) may have switched
     # Pillow to accepting truncated files; a truncated upload must stay a rejection.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -304,14 +316,17 @@ def hash_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> ImageHashe
             orientation = _orientation(im)
             fix = _ORIENTATION_FIX.get(orientation)
 
-            frames = [_frame_hashes(im, limits, fix)]
+            thumb = _upright_thumbnail(im, limits, fix)
+            if thumb is im:  # a small RGB frame is its own thumbnail; seeking would change it
+                thumb = im.copy()
+            frames = [_perceptual(thumb)]
             if getattr(im, "is_animated", False):
                 for index in range(1, limits.max_frames):
                     try:
                         im.seek(index)
                         if im.size[0] * im.size[1] > limits.max_pixels:
                             break
-                        frames.append(_frame_hashes(im, limits, fix))
+                        frames.append(_perceptual(_upright_thumbnail(im, limits, fix)))
                     except EOFError:
                         break
                     except _DECODE_ERRORS:
@@ -341,7 +356,7 @@ def hash_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> ImageHashe
             extra.append(FrameHashes(i, fp, fd, fq, fqual))
     if orientation in (5, 6, 7, 8):  # a quarter turn: the upright image is portrait
         width, height = height, width
-    return ImageHashes(
+    hashes = ImageHashes(
         sha256=sha256,
         md5=md5,
         sha1=sha1,
@@ -355,6 +370,7 @@ def hash_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> ImageHashe
         format=fmt,
         extra_frames=tuple(extra),
     )
+    return hashes, thumb
 
 
 def default_workers() -> int:
@@ -403,13 +419,18 @@ class HashPool:
 
     async def hash(self, data: bytes) -> ImageHashes:
         """Hash one image in the pool; raises ImageRejected like ``hash_image``."""
+        return await self.run(hash_image, data)
+
+    async def run(self, fn: Callable[[bytes, DecodeLimits], T], data: bytes) -> T:
+        """``fn(data, self.limits)`` in the pool (``hash_image`` or another one-decode hasher,
+        e.g. ``bot.variants.hash_for_query``); raises ImageRejected like it."""
         async with self._slots:
             executor = self._executor
             if executor is None:
                 raise RuntimeError("HashPool is closed")
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(executor, hash_image, data, self.limits)
+                return await loop.run_in_executor(executor, fn, data, self.limits)
             except BrokenProcessPool:
                 log.warning("a hash worker died; rebuilding the pool")
                 with self._lock:

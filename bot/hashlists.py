@@ -61,8 +61,13 @@ KIND_HEX_LEN: dict[str, int] = {
     "pdq": 64,
     "phash": 16,
     "dhash": 16,
+    # Vigil's own review-tier hash (bot.variants): the local bank enrols it; a list file
+    # may carry it typed ("lowfreq <hex>"), never bare (32 digits are an MD5).
+    "lowfreq": 32,
 }
 KINDS = frozenset(KIND_HEX_LEN)
+# Kinds a bare value is guessed as from its length when a list declares no kinds.
+_GUESSED_KINDS = KINDS - {"lowfreq"}
 
 # Type names as the exchanges spell them (lowercased, '-' and '_' removed) -> our kind.
 _KIND_ALIASES = {
@@ -78,6 +83,7 @@ _KIND_ALIASES = {
     "imagepdq": "pdq",  # StopNCII
     "phash": "phash",
     "dhash": "dhash",
+    "lowfreq": "lowfreq",
 }
 
 #: Problems kept in memory per import; all are counted, the rest only summarised.
@@ -99,7 +105,7 @@ _HEX_DIGITS = re.compile(r"[0-9a-fA-F]+")
 _TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,39}")
 _CACHE_VERSION = "vigil-hashlist-cache/1"
 _ALL_BY_LEN: dict[int, tuple[str, ...]] = {}
-for _k in sorted(KIND_HEX_LEN):
+for _k in sorted(_GUESSED_KINDS):
     _ALL_BY_LEN[KIND_HEX_LEN[_k]] = (*_ALL_BY_LEN.get(KIND_HEX_LEN[_k], ()), _k)
 
 
@@ -383,7 +389,7 @@ class _Builder:
         self.invalid = 0
         self.skip_reasons: dict[str, int] = {}
         self.complete = True
-        allowed = kinds if kinds is not None else KINDS
+        allowed = kinds if kinds is not None else _GUESSED_KINDS
         self.by_len: dict[int, tuple[str, ...]] = {}
         for k in sorted(allowed):
             self.by_len.setdefault(KIND_HEX_LEN[k], ())

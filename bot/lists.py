@@ -15,7 +15,15 @@ image, every other match of that image is dropped and the image counts as allowe
 The **local bank** (``local-bank``) is Vigil's own list, kept in the database: when a
 moderator takes an image down, its hashes go in (``bank_add``) so the same image
 posted again is caught automatically, by exact hash or by PDQ within 31 bits
-(rotations and mirrors included).
+(rotations and mirrors included). When Vigil has the original's bytes (a takedown that
+can fetch them again, ``vigil bank add``) it also banks the enrolment variants of
+:mod:`bot.variants` (``bank_enrol``): PDQs of crops (confident tier, like any PDQ) and
+``lowfreq`` hashes (review tier). A scanned image is matched with its query hashes
+(``match_query``): its own, the PDQs of the picture cut out of a frame and at the
+variants' scale, and its ``lowfreq`` hashes.
+
+Every match has a tier (:func:`bot.tiers.tier_of`); a list reports only the tiers its
+declaration names (``tiers``, both by default).
 
 A reload (``reload``) re-imports only lists whose file or declaration changed; a list
 that fails to import keeps its previous version in force and the failure is recorded
@@ -28,7 +36,7 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from bot.clock import Clock, SystemClock
-from bot.hashing import ImageHashes
+from bot.hashing import ImageHashes, ImageRejected
 from bot.hashlists import (
     KIND_HEX_LEN,
     HashListError,
@@ -50,29 +58,28 @@ from bot.matching import HammingIndex
 from bot.model import Match, Severity
 from bot.rules import LOCAL_BANK, ListSpec, RuleSet
 from bot.store import Store
-from bot.tiers import strictest, verdict
+from bot.tiers import CONFIDENT, REVIEW_LOWFREQ_DISTANCE, strictest, tier_of, verdict
+from bot.variants import LOWFREQ_BITS, EnrolmentHashes, QueryHashes
 
 log = logging.getLogger(__name__)
 
 EXACT_KINDS = ("sha256", "sha1", "md5")
-HASH_BITS = {"pdq": 256, "phash": 64, "dhash": 64}
+HASH_BITS = {"pdq": 256, "phash": 64, "dhash": 64, "lowfreq": LOWFREQ_BITS}
 # Meta's guidance: PDQ hashes of quality below 50 (flat, featureless images) match
 # far too much to be used.
 MIN_PDQ_QUALITY = 50
-# PDQ within this many bits is Meta's published match threshold: Vigil may act on
-# such a match by itself. Anything looser (a list widening its radius, the 64-bit
-# hashes) is shown to a person as "review".
-CONFIDENT_PDQ_DISTANCE = 31
+LOWFREQ = "lowfreq"
 
 # The local bank behaves like a declared list with these settings.
 BANK_SPEC = ListSpec(
     name=LOCAL_BANK,
     file=Path("(database table bank)"),
     format="bank",
-    kinds=(*EXACT_KINDS, "pdq", "phash", "dhash"),
+    kinds=(*EXACT_KINDS, "pdq", "phash", "dhash", LOWFREQ),
     # pHash/dHash catch what PDQ misses on a repost: crops (docs/hashing.md). The bank is
-    # small, so their wider net costs no false matches worth counting.
-    max_distance={"pdq": 31, "phash": 8, "dhash": 8},
+    # small, so their wider net costs no false matches worth counting. lowfreq is only
+    # ever review tier (docs/robustness.md).
+    max_distance={"pdq": 31, "phash": 8, "dhash": 8, LOWFREQ: REVIEW_LOWFREQ_DISTANCE},
     severity=Severity.CRITICAL,
     category=LOCAL_BANK,
     dihedral=True,
@@ -255,12 +262,10 @@ def _import(spec: ListSpec, cache_dir: Path | None) -> LoadedList:
     return _build(spec, _index_key(spec, import_key), result.tables, result.invalid)
 
 
-def _tier(kind: str, distance: int) -> str:
-    if kind in EXACT_KINDS:
-        return "confident"
-    if kind == "pdq" and distance <= CONFIDENT_PDQ_DISTANCE:
-        return "confident"
-    return "review"
+#: The original of a banked image: given (event id, media index), its hashes and
+#: enrolment variants from bytes fetched again, or None when they cannot be had
+#: (:meth:`bot.scanning.MediaScanner.enrolment`).
+Originals = Callable[[int, int], Awaitable[tuple[ImageHashes, EnrolmentHashes] | None]]
 
 
 class ListRegistry:
@@ -417,27 +422,105 @@ class ListRegistry:
             log.info("local bank: %d hashes added by %s", added, added_by)
         return added
 
+    async def bank_enrol(
+        self,
+        hashes: ImageHashes,
+        enrol: EnrolmentHashes,
+        added_by: str,
+        reason: str,
+        alert_id: int | None = None,
+    ) -> int:
+        """Bank an original with its enrolment variants; returns how many hashes were new.
+
+        The one way an original's bytes reach the bank: a takedown that could fetch them
+        again and ``vigil bank add`` both come here.
+        """
+        return await self.bank_add_entries(
+            enrolment_entries(hashes, enrol), added_by, reason, alert_id
+        )
+
     async def bank_add_event(
-        self, event_id: int, added_by: str, reason: str, alert_id: int | None = None
+        self,
+        event_id: int,
+        added_by: str,
+        reason: str,
+        alert_id: int | None = None,
+        originals: Originals | None = None,
     ) -> int:
         """Bank every image of a processed event (what the takedown of its alert calls).
 
-        Uses the hashes the pipeline recorded; an image that was never fetched (its
-        SHA-1 was already on a list) is banked by that SHA-1.
+        First the hashes the pipeline recorded (an image that was never fetched, its
+        SHA-1 already on a list, is banked by that SHA-1), so a repost is caught at once.
+        Then, with ``originals``, each hashed image's enrolment variants: only when the
+        bytes had again are the very bytes that were scanned (same SHA-256); otherwise
+        the scan-time hashes stay all the bank has of it.
         """
         if self.store is None:
             raise RuntimeError("the local bank needs the store")
         from bot.scanning import hashes_from_json  # scanning imports this module
 
         entries: list[tuple[str, str]] = []
+        hashed: list[tuple[int, ImageHashes]] = []
         for row in await self.store.media_results(event_id):
             if row["hashes"]:
-                entries += bank_entries_for(hashes_from_json(row["hashes"]))
+                h = hashes_from_json(row["hashes"])
+                entries += bank_entries_for(h)
+                hashed.append((row["media_index"], h))
             elif row["sha1_hint"]:
                 entries.append(("sha1", row["sha1_hint"]))
         if not entries:
             return 0
-        return await self.bank_add_entries(entries, added_by, reason, alert_id)
+        added = await self.bank_add_entries(entries, added_by, reason, alert_id)
+        if originals is not None:
+            for index, h in hashed:
+                added += await self._enrol_original(
+                    originals, event_id, index, h, added_by, reason, alert_id
+                )
+        return added
+
+    async def _enrol_original(
+        self,
+        originals: Originals,
+        event_id: int,
+        index: int,
+        scanned: ImageHashes,
+        added_by: str,
+        reason: str,
+        alert_id: int | None,
+    ) -> int:
+        """The enrolment variants of one banked image, if its original can be had."""
+        try:
+            found = await originals(event_id, index)
+        except ImageRejected as e:
+            found = None
+            log.info("event %d image %d: the original does not hash: %s", event_id, index, e.reason)
+        if found is None:
+            log.info(
+                "event %d image %d: original not available; banked its scan-time hashes only",
+                event_id,
+                index,
+            )
+            return 0
+        base, enrol = found
+        if base.sha256 != scanned.sha256:
+            # The forum serves other bytes under that address now: enrolling them would
+            # bank an image no moderator took down.
+            log.warning(
+                "event %d image %d: the forum now serves a different file; banked the"
+                " scan-time hashes only",
+                event_id,
+                index,
+            )
+            return 0
+        added = await self.bank_enrol(base, enrol, added_by, reason, alert_id)
+        log.info(
+            "event %d image %d: enrolled %d variants (%d new hashes)",
+            event_id,
+            index,
+            len(enrol.pdq) + len(enrol.lowfreq),
+            added,
+        )
+        return added
 
     # --- matching ------------------------------------------------------------------------
 
@@ -446,6 +529,29 @@ class ListRegistry:
 
     def match_image(self, hashes: ImageHashes, media_index: int = 0) -> MatchResult:
         """Every list entry ``hashes`` matches, with allow-lists applied."""
+        return self._match(hashes, media_index)
+
+    def match_query(self, q: QueryHashes, media_index: int = 0) -> MatchResult:
+        """Every match of a scanned image's query hashes (:func:`bot.variants.hash_for_query`).
+
+        Its own hashes as :meth:`match_image`; the PDQs of the picture cut out of its frame
+        (with their dihedral variants where the list wants them) and at the variants'
+        scale against every list's PDQ; its ``lowfreq`` hashes against every list that
+        holds some (the local bank), always review tier.
+        """
+        extra: list[Sequence[str]] = [q.trimmed_pdq] if q.trimmed_pdq else []
+        extra += [(h,) for h in q.small_pdq]  # only kept when their quality was >= 50
+        return self._match(q.base, media_index, extra, q.lowfreq)
+
+    def _match(
+        self,
+        hashes: ImageHashes,
+        media_index: int,
+        extra_pdq: Sequence[Sequence[str]] = (),
+        lowfreq: Sequence[str] = (),
+    ) -> MatchResult:
+        """``extra_pdq``: more PDQs of the same image, each as-is first, then its dihedral
+        variants (if any); ``lowfreq``: its lowfreq hashes."""
         best: dict[tuple[str, str], tuple[int, LoadedList, int]] = {}
 
         def keep(lst: LoadedList, kind: str, row: int, distance: int) -> None:
@@ -466,6 +572,10 @@ class ListRegistry:
                     if pdq_ok:
                         queries += list(hashes.pdq_dihedral) if lst.spec.dihedral else [hashes.pdq]
                     queries += [f.pdq for f in frames if f.pdq_quality >= MIN_PDQ_QUALITY]
+                    for group in extra_pdq:
+                        queries += list(group) if lst.spec.dihedral else list(group[:1])
+                elif kind == LOWFREQ:
+                    queries += lowfreq
                 else:
                     queries.append(getattr(hashes, kind))
                     queries += [getattr(f, kind) for f in frames]
@@ -494,11 +604,22 @@ class ListRegistry:
     def _result(
         best: dict[tuple[str, str], tuple[int, LoadedList, int]], media_index: int
     ) -> MatchResult:
+        # A list reports only the tiers it names (``tiers``), allow-lists included.
+        best = {
+            (name, kind): found
+            for (name, kind), found in best.items()
+            if tier_of(kind, found[0]) in found[1].spec.tiers
+        }
         allowed = sorted(name for (name, _k), (_d, lst, _r) in best.items() if lst.spec.allow)
         if allowed:
             return MatchResult((), allowed[0])
+        # A lowfreq match says "maybe this picture" beside a list's confident match of it:
+        # nothing a person needs to weigh.
+        sure = {name for (name, kind), (d, _l, _r) in best.items() if tier_of(kind, d) == CONFIDENT}
         matches = []
         for (name, kind), (distance, lst, row) in sorted(best.items()):
+            if kind == LOWFREQ and name in sure:
+                continue
             table = lst.tables[kind]
             matches.append(
                 Match(
@@ -508,7 +629,7 @@ class ListRegistry:
                     category=lst.spec.category or table.category(row),
                     severity=lst.spec.severity,
                     media_index=media_index,
-                    tier=_tier(kind, distance),
+                    tier=tier_of(kind, distance),
                     ref=table.ref(row),
                 )
             )
@@ -526,6 +647,16 @@ def bank_entries_for(h: ImageHashes) -> list[tuple[str, str]]:
         entries.append(("pdq", h.pdq))
     entries += [("pdq", f.pdq) for f in h.extra_frames if f.pdq_quality >= MIN_PDQ_QUALITY]
     return entries
+
+
+def variant_entries(enrol: EnrolmentHashes) -> list[tuple[str, str]]:
+    """The ``(kind, hex)`` pairs the local bank keeps of an original's enrolment variants."""
+    return [("pdq", h) for h in enrol.pdq] + [(LOWFREQ, h) for h in enrol.lowfreq]
+
+
+def enrolment_entries(hashes: ImageHashes, enrol: EnrolmentHashes) -> list[tuple[str, str]]:
+    """Everything the local bank keeps of an original whose bytes Vigil had."""
+    return bank_entries_for(hashes) + variant_entries(enrol)
 
 
 def _bank_list(values: dict[str, list[str]]) -> LoadedList:

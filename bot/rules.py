@@ -45,6 +45,8 @@ DEFAULT_MAX_DISTANCE = {"pdq": 31, "phash": 8, "dhash": 8}
 MAX_ALLOWED_DISTANCE = {"pdq": 64, "phash": 16, "dhash": 16}
 FORUM_ACTIONS = ("hide", "delete", "suspend", "silence")
 VERDICTS = ("allow", "hold", "block")
+# Match tiers (bot.tiers, which imports this module): which a list lets through.
+MATCH_TIERS = ("confident", "review")
 # The list Vigil keeps itself from moderators' takedowns; always present.
 LOCAL_BANK = "local-bank"
 
@@ -67,6 +69,9 @@ class ListSpec:
     illegal: bool = False  # illegal material: originals are kept as evidence (bot.evidence)
     # Alerts for its matches open with a warning not to look (default: as ``illegal``).
     distressing: bool = False
+    # The match tiers this list reports (bot.tiers); a review match of a list without
+    # "review" is dropped, so it neither alerts nor holds an upload.
+    tiers: tuple[str, ...] = MATCH_TIERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +233,10 @@ def _list(t: Table, config: Config) -> ListSpec | None:
     verdict = t.choice("verdict", VERDICTS, "allow" if allow else "block")
     illegal = t.bool("illegal", False)
     distressing = t.bool("distressing", bool(illegal))
+    tiers = t.str_list("tiers", MATCH_TIERS, MATCH_TIERS)
     t.finish()
+    if t.data.get("tiers") == []:
+        t.error("tiers", 'empty: the list would match nothing; use ["confident"] at least')
     if not (name and file):
         return None
     if allow and illegal:
@@ -250,6 +258,7 @@ def _list(t: Table, config: Config) -> ListSpec | None:
         declared_in=t.file,
         illegal=bool(illegal),
         distressing=bool(distressing),
+        tiers=tuple(dict.fromkeys(tiers)) if tiers else MATCH_TIERS,
     )
 
 
@@ -413,6 +422,7 @@ def _cross_check(ruleset: RuleSet, config: Config, problems: Problems) -> None:
     _check_raids(ruleset, config, seen, problems)
     check_schedules(ruleset.schedules, config, problems)
     check_policies(ruleset.policies, ruleset.schedules, config, problems)
+    _check_tiers(ruleset, problems)
     env = config.evidence.key_env
     for spec in ruleset.lists:
         if spec.illegal and not config.secrets.get(env):
@@ -423,6 +433,30 @@ def _cross_check(ruleset: RuleSet, config: Config, problems: Problems) -> None:
                 " list will NOT be kept as evidence; see docs/evidence.md",
                 warning=True,
             )
+
+
+def _check_tiers(ruleset: RuleSet, problems: Problems) -> None:
+    """A list that reports only review-tier matches can never act or block: say so."""
+    for spec in ruleset.lists:
+        if "confident" in spec.tiers:
+            continue
+        where = f"list {spec.name!r}.tiers"
+        if spec.verdict == "block" and not spec.allow:
+            problems.add(
+                spec.declared_in,
+                where,
+                'review-tier matches never block an upload: verdict "block" acts as "hold"',
+                warning=True,
+            )
+        for rule in ruleset.rules:
+            if rule.actions and spec.name in (rule.when.lists or ()):
+                problems.add(
+                    rule.declared_in,
+                    f"rule {rule.name!r}.actions",
+                    f"list {spec.name!r} reports only review-tier matches, which never act by"
+                    " themselves: this rule will alert for it but not act",
+                    warning=True,
+                )
 
 
 def _check_raids(

@@ -2,8 +2,12 @@
 
 ``MediaStage`` fetches each image the event references (only from the source's forum
 hosts, under the limits of ``[media]``), hashes it once in the shared pool, and
-records per image either its hashes or the reason it has none. ``MatchStage`` matches
-those hashes (and any SHA-1 the forum named before download) against every list and
+records per image either its hashes or the reason it has none. The hashes are the
+query hashes of :func:`bot.variants.hash_for_query` (one decode): the image's own, and
+those of the picture cut out of a frame, at the variants' scale and ``lowfreq``; all of
+them are kept in ``media_results.hashes`` so a retry or a repost reuses them.
+``MatchStage`` matches them (and any SHA-1 the forum named before download) against
+every list (:meth:`bot.lists.ListRegistry.match_query`, each match with its tier) and
 records the matches; ``RulesStage`` then decides.
 
 What a failure means:
@@ -31,7 +35,7 @@ import asyncio
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import aiohttp
@@ -40,9 +44,11 @@ from bot.config import Config, SourceConfig
 from bot.hashing import DecodeLimits, FrameHashes, HashPool, ImageHashes, ImageRejected
 from bot.lists import ListRegistry, MatchResult
 from bot.media import MediaPolicy, MediaRefused, absolute_url, fetch_media, host_key
-from bot.model import Event, Match, MediaRef
+from bot.model import Event, Match, MediaRef, event_from_dict
 from bot.pipeline import EventContext
 from bot.store import Store
+from bot.trimming import Box
+from bot.variants import EnrolmentHashes, QueryHashes, hash_for_enrolment, hash_for_query
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +78,61 @@ class MediaResult:
     ref: MediaRef
     hashes: ImageHashes | None = None
     reason: str | None = None
+    query: QueryHashes | None = None  # the robust query hashes (None in rows from before)
 
 
-def hashes_to_json(h: ImageHashes) -> str:
-    """Every hash of an image as JSON (what ``media_results.hashes`` holds)."""
-    return json.dumps(asdict(h), separators=(",", ":"))
+_IMAGE_FIELDS = frozenset(f.name for f in fields(ImageHashes))
+
+
+def hashes_to_json(h: ImageHashes, query: QueryHashes | None = None) -> str:
+    """Every hash of an image as JSON (what ``media_results.hashes`` holds).
+
+    With ``query``, its robust query hashes too, under ``"query"`` (the image's own are
+    not repeated there).
+    """
+    d: dict[str, Any] = asdict(h)
+    if query is not None:
+        box = query.trimmed
+        d["query"] = {
+            "trimmed": None if box is None else [box.left, box.top, box.right, box.bottom],
+            "trimmed_pdq": list(query.trimmed_pdq),
+            "trimmed_pdq_quality": query.trimmed_pdq_quality,
+            "lowfreq": list(query.lowfreq),
+            "small_pdq": list(query.small_pdq),
+        }
+    return json.dumps(d, separators=(",", ":"))
 
 
 def hashes_from_json(text: str) -> ImageHashes:
-    """Inverse of :func:`hashes_to_json`."""
+    """The image's own hashes from :func:`hashes_to_json` output."""
     d: dict[str, Any] = json.loads(text)
+    return _image_hashes(d)
+
+
+def _image_hashes(d: dict[str, Any]) -> ImageHashes:
     return ImageHashes(
         **{
-            **d,
+            **{k: v for k, v in d.items() if k in _IMAGE_FIELDS},
             "pdq_dihedral": tuple(d["pdq_dihedral"]),
             "extra_frames": tuple(FrameHashes(**f) for f in d.get("extra_frames", ())),
         }
+    )
+
+
+def query_from_json(text: str) -> QueryHashes | None:
+    """The query hashes from :func:`hashes_to_json` output; None if it has none."""
+    d: dict[str, Any] = json.loads(text)
+    q = d.get("query")
+    if not isinstance(q, dict):
+        return None
+    box = q.get("trimmed")
+    return QueryHashes(
+        base=_image_hashes(d),
+        trimmed=Box(*box) if box else None,
+        trimmed_pdq=tuple(q.get("trimmed_pdq", ())),
+        trimmed_pdq_quality=int(q.get("trimmed_pdq_quality", 0)),
+        lowfreq=tuple(q.get("lowfreq", ())),
+        small_pdq=tuple(q.get("small_pdq", ())),
     )
 
 
@@ -152,22 +197,56 @@ class MediaScanner:
             )
         return self._session
 
-    async def fetch_and_hash(self, url: str, policy: MediaPolicy) -> ImageHashes:
-        """Download and hash one image; MediaRefused or ImageRejected say why not."""
-        return (await self.fetch_bytes_and_hash(url, policy))[1]
+    async def fetch_and_query(self, url: str, policy: MediaPolicy) -> QueryHashes:
+        """Download one image and compute its query hashes (:func:`hash_for_query`);
+        MediaRefused or ImageRejected say why not."""
+        return (await self.fetch_bytes_and_query(url, policy))[1]
 
-    async def fetch_bytes_and_hash(
+    async def fetch_bytes_and_query(
         self, url: str, policy: MediaPolicy
-    ) -> tuple[bytes, ImageHashes]:
-        """:meth:`fetch_and_hash` that also gives the bytes (for the evidence stage)."""
+    ) -> tuple[bytes, QueryHashes]:
+        """:meth:`fetch_and_query` that also gives the bytes (for the evidence stage)."""
         fetched = await fetch_media(self.session(), url, policy)
-        return fetched.data, await self.pool.hash(fetched.data)
+        return fetched.data, await self.pool.run(hash_for_query, fetched.data)
 
-    async def hash_bytes(self, data: bytes) -> ImageHashes:
-        """Hash bytes already in hand (an upload to /v1/check)."""
+    async def query_bytes(self, data: bytes) -> QueryHashes:
+        """The query hashes of bytes already in hand (an upload to /v1/check)."""
         if len(data) > self.config.media.max_bytes:
             raise ImageRejected(f"file is larger than the {self.config.media.max_bytes} byte limit")
-        return await self.pool.hash(data)
+        return await self.pool.run(hash_for_query, data)
+
+    async def enrolment(
+        self, store: Store, event_id: int, index: int
+    ) -> tuple[ImageHashes, EnrolmentHashes] | None:
+        """Image ``index`` of stored event ``event_id`` fetched again and hashed for the
+        bank with its variants (:func:`hash_for_enrolment`); None when it cannot be had.
+
+        Only from the event's source's media hosts, under the same limits as the
+        pipeline (bytes, pixels, timeouts); a failure is logged and gives None.
+        """
+        row = await store.event_row(event_id)
+        try:
+            event = event_from_dict(json.loads(row["payload"])) if row else None
+        except (KeyError, TypeError, ValueError):
+            event = None
+        refs = event_media(event) if event is not None else ()
+        source = self.config.source(event.source) if event is not None else None
+        if source is None or index >= len(refs) or not refs[index].url:
+            log.info("event %d image %d: nowhere to fetch the original from", event_id, index)
+            return None
+        url = absolute_url(source.base_url, refs[index].url) if source.base_url else refs[index].url
+        try:
+            fetched = await fetch_media(self.session(), url, self.policy(source))
+            return await self.pool.run(hash_for_enrolment, fetched.data)
+        except (MediaRefused, ImageRejected) as e:
+            log.info(
+                "event %d image %d: cannot fetch the original again (%s): %s",
+                event_id,
+                index,
+                safe_url(url)[:200],
+                e.reason,
+            )
+            return None
 
     async def close(self) -> None:
         """Close the HTTP client and the hash pool."""
@@ -261,6 +340,7 @@ class MediaStage:
     ) -> MediaResult | str:
         """One image not seen before: a MediaResult (saved), or a transient reason."""
         hashes: ImageHashes | None = None
+        query: QueryHashes | None = None
         reason: str | None = None
         url = absolute_url(source.base_url, ref.url) if source is not None and ref.url else ref.url
         if ref.sha1:
@@ -272,6 +352,7 @@ class MediaStage:
                 stored = await self.store.hashes_by_sha1(ref.sha1)
                 if stored is not None:
                     hashes = hashes_from_json(stored)
+                    query = query_from_json(stored)
         if hashes is None and reason is None:
             if source is None or policy is None:
                 reason = f"source {ctx.event.source!r} is not configured any more"
@@ -280,12 +361,13 @@ class MediaStage:
             else:
                 try:
                     if self.keep_bytes:
-                        data, hashes = await self.scanner.fetch_bytes_and_hash(url, policy)
+                        data, query = await self.scanner.fetch_bytes_and_query(url, policy)
                         kept = ctx.facts.setdefault("media_bytes", {})
                         if sum(map(len, kept.values())) + len(data) <= _KEEP_BYTES_MAX:
                             kept[index] = data
                     else:
-                        hashes = await self.scanner.fetch_and_hash(url, policy)
+                        query = await self.scanner.fetch_and_query(url, policy)
+                    hashes = query.base
                 except MediaRefused as e:
                     if is_transient(e.reason):
                         if not last_attempt:
@@ -302,7 +384,7 @@ class MediaStage:
                         reason = e.reason
                 except ImageRejected as e:
                     reason = e.reason
-        result = MediaResult(index, ref, hashes, reason)
+        result = MediaResult(index, ref, hashes, reason, query)
         await self._save(ctx, result, url)
         if reason is not None:
             log.info(
@@ -323,15 +405,17 @@ class MediaStage:
             sha1_hint=result.ref.sha1,
             sha256=h.sha256 if h else None,
             sha1=h.sha1 if h else None,
-            hashes=hashes_to_json(h) if h else None,
+            hashes=hashes_to_json(h, result.query) if h else None,
             reason=result.reason,
             now=ctx.now,
         )
 
 
 def _from_row(index: int, ref: MediaRef, row: dict[str, Any]) -> MediaResult:
-    hashes = hashes_from_json(row["hashes"]) if row["hashes"] else None
-    return MediaResult(index, ref, hashes, row["reason"])
+    text = row["hashes"]
+    hashes = hashes_from_json(text) if text else None
+    query = query_from_json(text) if text else None
+    return MediaResult(index, ref, hashes, row["reason"], query)
 
 
 def merge_results(*results: MatchResult) -> MatchResult:
@@ -363,7 +447,9 @@ class MatchStage:
         allowed: dict[int, str] = {}
         for media in ctx.facts.get("media", ()):
             lookups = []
-            if media.hashes is not None:
+            if media.query is not None:
+                lookups.append(self.lists.match_query(media.query, media.index))
+            elif media.hashes is not None:  # hashed before the query hashes were kept
                 lookups.append(self.lists.match_image(media.hashes, media.index))
             if media.ref.sha1:
                 lookups.append(self.lists.match_sha1(media.ref.sha1, media.index))

@@ -24,13 +24,11 @@ and at +-5 degree rotations. A ``lowfreq`` match only ever raises an alert for a
 
 Everything works on the upright thumbnail (at most 576 px a side) that
 :func:`bot.hashing.hash_image` hashes, from the same single decode
-(:func:`hash_image_and_thumbnail`).
+(:func:`bot.hashing.hash_image_and_thumbnail`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import itertools
 import logging
 import math
@@ -41,8 +39,7 @@ import numpy as np
 import pdqhash
 from PIL import Image
 
-from bot import hashing
-from bot.hashing import DecodeLimits, ImageHashes, hash_image
+from bot.hashing import DecodeLimits, ImageHashes, hash_image_and_thumbnail
 from bot.matching import HammingIndex
 from bot.tiers import CONFIDENT, CONFIDENT_PDQ_DISTANCE, REVIEW, REVIEW_LOWFREQ_DISTANCE, tier_of
 from bot.trimming import Box, content_box
@@ -293,76 +290,6 @@ def query_hashes_from(base: ImageHashes, thumb: Image.Image) -> QueryHashes:
         lows += lowfreq(luma, box, flips=QUERY_LOWFREQ_FLIPS)
     small_pdq = tuple(h for h, q in small if q >= MIN_PDQ_QUALITY)
     return QueryHashes(base, box, tpdq, tq, tuple(dict.fromkeys(lows)), small_pdq)
-
-
-def hash_image_and_thumbnail(
-    data: bytes, limits: DecodeLimits = _LIMITS
-) -> tuple[ImageHashes, Image.Image]:
-    """``hash_image(data, limits)`` and the upright thumbnail it hashed, from one decode.
-
-    Mirrors :func:`bot.hashing.hash_image` step for step (same checks, same reasons,
-    same hashes: ``tests/test_variants.py`` holds them equal) because that function does
-    not hand out its thumbnail; a second decode would double the cost of a PNG. When
-    ``bot.hashing`` offers the thumbnail itself, this becomes a call to it.
-    """
-    small: Image.Image | None = None
-    fix: Image.Transpose | None = None
-    width = height = 0
-    fmt = hashing.sniff_format(data) if data else None
-    if fmt in hashing.ACCEPTED_FORMATS:
-        try:
-            with Image.open(io.BytesIO(data), formats=[fmt]) as im:
-                width, height = im.size  # header only
-                # Animations (their extra frames) and anything hash_image would refuse are
-                # rare: hash_image handles them, with its own reasons, and we decode again.
-                if 0 < width * height <= limits.max_pixels and not getattr(
-                    im, "is_animated", False
-                ):
-                    fix = hashing._ORIENTATION_FIX.get(hashing._orientation(im))
-                    small = hashing._reduce(im, limits)
-                    if fix is not None:
-                        small = small.transpose(fix)
-        except (Image.DecompressionBombError, MemoryError, *hashing._DECODE_ERRORS):
-            small = None
-    if small is None or fmt is None:
-        base = hash_image(data, limits)  # raises ImageRejected with the reason
-        return base, _thumbnail(data, limits)
-    phash, dhash, pdq, quality, dihedral = hashing._perceptual(small)
-    if fix in _QUARTER_TURNS:
-        width, height = height, width
-    base = ImageHashes(
-        sha256=hashlib.sha256(data).hexdigest(),
-        md5=hashlib.md5(data, usedforsecurity=False).hexdigest(),
-        sha1=hashlib.sha1(data, usedforsecurity=False).hexdigest(),
-        phash=phash,
-        dhash=dhash,
-        pdq=pdq,
-        pdq_quality=quality,
-        pdq_dihedral=dihedral,
-        width=width,
-        height=height,
-        format=fmt,
-    )
-    return base, small
-
-
-_QUARTER_TURNS = frozenset(
-    {
-        Image.Transpose.TRANSPOSE,
-        Image.Transpose.ROTATE_270,
-        Image.Transpose.TRANSVERSE,
-        Image.Transpose.ROTATE_90,
-    }
-)
-
-
-def _thumbnail(data: bytes, limits: DecodeLimits) -> Image.Image:
-    """The upright frame-0 thumbnail of bytes ``hash_image`` accepted (a second decode)."""
-    fmt = hashing.sniff_format(data)
-    with Image.open(io.BytesIO(data), formats=[fmt]) as im:
-        fix = hashing._ORIENTATION_FIX.get(hashing._orientation(im))
-        small = hashing._reduce(im, limits)
-    return small.transpose(fix) if fix is not None else small
 
 
 def hash_for_query(data: bytes, limits: DecodeLimits = _LIMITS) -> QueryHashes:

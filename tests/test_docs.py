@@ -154,6 +154,7 @@ MAXIMAL_RULES = textwrap.dedent(
     verdict = "block"
     illegal = true
     distressing = true
+    tiers = ["confident", "review"]
 
     [[rule]]
     name = "known-image"

@@ -9,12 +9,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pdqhash
 import pytest
 from PIL import Image, ImageOps
 
 from bench.imagegen import encode, make_image
 from bench.robust_corpus import EDITS
-from bot.hashing import ImageRejected, hash_image
+from bot.hashing import ImageRejected, hash_image, hash_image_and_thumbnail
 from bot.model import Author, Event, EventKind, Match, Post
 from bot.rules import Conditions, Rule, RuleSet
 from bot.tiers import CONFIDENT, REVIEW, decide, may_act, tier_of, verdict
@@ -26,7 +27,6 @@ from bot.variants import (
     enrolment_hashes,
     hash_for_enrolment,
     hash_for_query,
-    hash_image_and_thumbnail,
     lowfreq,
 )
 
@@ -78,14 +78,32 @@ def _exif_rotated(img: Image.Image) -> bytes:
         lambda img: encode(
             img.convert("P"), "GIF", save_all=True, append_images=[img.rotate(90).convert("P")]
         ),
+        # Small RGB frames are decoded as is: the thumbnail must stay frame 0's.
+        lambda img: encode(
+            img.resize((320, 240)),
+            "WEBP",
+            lossless=True,
+            save_all=True,
+            append_images=[ImageOps.invert(img.resize((320, 240)))],
+        ),
     ],
-    ids=["jpeg", "png", "cmyk", "webp", "exif-rotated", "animated-gif"],
+    ids=["jpeg", "png", "cmyk", "webp", "exif-rotated", "animated-gif", "small-animated-webp"],
 )
-def test_one_decode_gives_exactly_hash_images_hashes(photos: list[Image.Image], make) -> None:
+def test_the_thumbnail_handed_out_is_the_one_hash_image_hashed(
+    photos: list[Image.Image], make
+) -> None:
     data = make(photos[0])
     base, thumb = hash_image_and_thumbnail(data)
     assert base == hash_image(data)
     assert max(thumb.size) <= 576 and thumb.mode == "RGB"
+    # The very pixels PDQ was computed from (frame 0, upright), not another decode of them.
+    vector, quality = pdqhash.compute(np.ascontiguousarray(np.asarray(thumb)))
+    assert np.packbits(vector.astype(np.uint8)).tobytes().hex() == base.pdq
+    assert quality == base.pdq_quality
+    # Upright: the same way round as the picture, whatever the EXIF said.
+    assert (thumb.width > thumb.height) == (base.width > base.height) == (photos[0].width > 480)
+    upright = hash_image(encode(photos[0], "PNG"))
+    assert bits(base.pdq, upright.pdq) <= 40
 
 
 @pytest.mark.parametrize(
