@@ -68,3 +68,17 @@ class ManualClock:
         # Give the woken tasks a chance to run before the test looks.
         for _ in range(5):
             await asyncio.sleep(0)
+
+
+async def sleep_or_wake(clock: Clock, wake: asyncio.Event, seconds: float) -> None:
+    """Sleep on ``clock`` until ``seconds`` pass or ``wake`` is set, whichever comes first."""
+    if seconds <= 0:
+        await asyncio.sleep(0)
+        return
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    waker = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for fut in (sleeper, waker):
+            fut.cancel()

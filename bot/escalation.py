@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client import Counter, Histogram
 
 from bot.alerts import clock_time, span
-from bot.clock import Clock
+from bot.clock import Clock, sleep_or_wake
 from bot.config import Config, Role, StaffMember
 from bot.metrics import REGISTRY
 from bot.model import Severity
@@ -831,16 +831,7 @@ class EscalationEngine:
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep on the injected clock until ``seconds`` pass or :meth:`wake` is called."""
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in (sleeper, waker):
-                fut.cancel()
+        await sleep_or_wake(self.clock, self._wake, seconds)
 
     # --- decisions (pure: they run inside the store's transaction) -----------------------
 

@@ -353,7 +353,8 @@ async def read_evidence(vault: EvidenceVault, record: dict[str, Any]) -> bytes:
 # --- command line ---------------------------------------------------------------------
 
 
-def _record_line(r: dict[str, Any]) -> dict[str, Any]:
+def record_summary(r: dict[str, Any]) -> dict[str, Any]:
+    """One evidence record as plain JSON (no bytes, no personal data)."""
     from bot.audit import iso
 
     return {
@@ -457,7 +458,7 @@ def evidence_command(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
         try:
             if args.action == "list":
                 for r in await store.evidence_records(args.event):
-                    print(json.dumps(_record_line(r), sort_keys=True), file=out)
+                    print(json.dumps(record_summary(r), sort_keys=True), file=out)
                 return 0
             if args.action == "purge":
                 ids, files = await EvidenceVault.from_config(config).purge(store, _now())

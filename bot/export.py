@@ -233,19 +233,9 @@ async def build_incident(store: Store, alert_id: int, *, include_personal: bool)
 
 
 def _evidence_line(r: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": r["id"],
-        "event_id": r["event_id"],
-        "media_index": r["media_index"],
-        "matches": json.loads(r["matches"]),
-        "sha256": r["sha256"],
-        "sha1": r["sha1"],
-        "size": r["size"],
-        "bytes_kept": bool(r["file"]),
-        "note": r["note"],
-        "kept_at": iso(r["created_at"]),
-        "expires": iso(r["expires_at"]),
-    }
+    from bot.evidence import record_summary
+
+    return record_summary(r)
 
 
 def render_summary(bundle: dict[str, Any], images: dict[int, str]) -> str:

@@ -44,7 +44,7 @@ from typing import Any
 
 from bot.actions import ForumLookup
 from bot.alerts import clock_time, scrub, span
-from bot.clock import Clock, as_datetime
+from bot.clock import Clock, as_datetime, sleep_or_wake
 from bot.config import Config, Role, StaffMember
 from bot.model import Event, EventKind
 from bot.pipeline import EventContext
@@ -372,16 +372,8 @@ class LockdownManager:
             await self._sleep(min(wait, 3600.0) if cur is not None else 3600.0)
 
     async def _sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in (sleeper, waker):
-                fut.cancel()
+        """Sleep on the injected clock until ``seconds`` pass or :meth:`wake` is called."""
+        await sleep_or_wake(self.clock, self._wake, seconds)
 
     # --- site settings ------------------------------------------------------------------
 

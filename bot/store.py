@@ -454,6 +454,22 @@ class AuditEntry:
     hash: str
 
 
+def _audit_entry(r: aiosqlite.Row) -> AuditEntry:
+    return AuditEntry(
+        r["id"],
+        r["at"],
+        r["actor"],
+        r["action"],
+        r["target"],
+        r["alert_id"],
+        r["reason"],
+        r["outcome"],
+        json.loads(r["detail"]),
+        r["prev_hash"],
+        r["hash"],
+    )
+
+
 def audit_hash(
     prev_hash: str,
     at: float,
@@ -723,22 +739,7 @@ class Store:
     async def audit_entries(self) -> list[AuditEntry]:
         """The whole audit log, oldest first."""
         rows = await self._all("SELECT * FROM audit ORDER BY id")
-        return [
-            AuditEntry(
-                r["id"],
-                r["at"],
-                r["actor"],
-                r["action"],
-                r["target"],
-                r["alert_id"],
-                r["reason"],
-                r["outcome"],
-                json.loads(r["detail"]),
-                r["prev_hash"],
-                r["hash"],
-            )
-            for r in rows
-        ]
+        return [_audit_entry(r) for r in rows]
 
     # --- adapter state (bot.ports.StateStore) ------------------------------------
 
@@ -1882,22 +1883,7 @@ class Store:
         rows = await self._all(
             f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY id", params
         )
-        return [
-            AuditEntry(
-                r["id"],
-                r["at"],
-                r["actor"],
-                r["action"],
-                r["target"],
-                r["alert_id"],
-                r["reason"],
-                r["outcome"],
-                json.loads(r["detail"]),
-                r["prev_hash"],
-                r["hash"],
-            )
-            for r in rows
-        ]
+        return [_audit_entry(r) for r in rows]
 
     # --- reports, raids and lockdowns (bot.reports, bot.raids) --------------------------
 
