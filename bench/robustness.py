@@ -19,21 +19,32 @@ Reported, each measured in this run:
   different, over every such pair (edited copies x other originals, distractors x
   originals);
 - time per scanned image: ``bot.hashing.hash_image`` (plain) vs ``hash_for_query``
-  (ours), interleaved image by image; and time per enrolment.
+  (ours), interleaved image by image; and time per enrolment;
+- the **live path**, as the pipeline and ``/v1/check`` run it: the originals banked in a
+  real store through ``ListRegistry.bank_add_entries`` (what a takedown does), then
+  ``hash_image`` + ``ListRegistry.match_image`` (plain) vs ``hash_for_query`` +
+  ``ListRegistry.match_query`` (ours), interleaved, on the distractors and a 3% and a
+  10% crop of every original; and whether the registry finds the enrolled original in
+  the same best tier as the evaluation's ``VariantBank``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.robust_corpus import EDITS, EXTRA_EDITS, corpus_image, original_bytes, sibling_of
-from bot.hashing import hash_image
+from bot.hashing import ImageHashes, hash_image
+from bot.lists import ListRegistry, enrolment_entries
+from bot.store import Store
 from bot.tiers import CONFIDENT
 from bot.variants import (
     EnrolmentHashes,
@@ -96,6 +107,56 @@ def _tiers_by_owner(hits: list) -> dict[int, str]:
     return out
 
 
+@dataclass
+class LiveTiming:
+    """The live path's cost, and its agreement with the evaluation's matcher."""
+
+    plain: list[float] = field(default_factory=list)
+    ours: list[float] = field(default_factory=list)
+    agree: int = 0
+    compared: int = 0
+
+
+def _best_tier(tiers: list[str]) -> str | None:
+    return CONFIDENT if CONFIDENT in tiers else (tiers[0] if tiers else None)
+
+
+def _live(
+    enrolled: list[tuple[ImageHashes, EnrolmentHashes]],
+    scans: list[tuple[bytes, str | None]],
+) -> LiveTiming:
+    """Time the pipeline's matching path against a bank in a real store (see the docstring).
+
+    ``scans``: (bytes, the best tier ``VariantBank`` gave its own original, or None for
+    an image that is no copy of any original).
+    """
+    out = LiveTiming()
+
+    async def run(directory: Path) -> None:
+        store = await Store.open(directory / "bench.db")
+        try:
+            registry = ListRegistry(None, store)
+            await registry.load_bank()
+            entries = [e for base, enrol in enrolled for e in enrolment_entries(base, enrol)]
+            await registry.bank_add_entries(entries, "bench", "bench.robustness")
+            for data, expected in scans:
+                start = time.perf_counter()
+                registry.match_image(hash_image(data))
+                out.plain.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                result = registry.match_query(hash_for_query(data))
+                out.ours.append(time.perf_counter() - start)
+                if expected is not None:
+                    out.compared += 1
+                    out.agree += _best_tier([m.tier for m in result.matches]) == expected
+        finally:
+            await store.close()
+
+    with tempfile.TemporaryDirectory() as d:
+        asyncio.run(run(Path(d)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the evaluation, print the tables (and a JSON line with --json)."""
     ap = argparse.ArgumentParser(prog="python -m bench.robustness", description=__doc__)
@@ -127,10 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     plain = VariantBank()
     t_enrol: list[float] = []
     low_quality = 0
+    enrolled: list[tuple[ImageHashes, EnrolmentHashes]] = []
     for i, (_, _, data) in enumerate(originals):
         start = time.perf_counter()
         base, enrol = hash_for_enrolment(data)
         t_enrol.append(time.perf_counter() - start)
+        enrolled.append((base, enrol))
         ours.add(i, base, enrol)
         plain.add(i, base, EnrolmentHashes((), ()))
         low_quality += base.pdq_quality < 50
@@ -155,12 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         t_ours.append(time.perf_counter() - start)
         return _tiers_by_owner(ours.match(q)), _tiers_by_owner(plain.match(pq))
 
+    live_scans: list[tuple[bytes, str | None]] = []
     for name, (group, edit) in {**EDITS, **EXTRA_EDITS}.items():
         r = results[name] = EditResult(name, group)
         for i, (_, img, data) in enumerate(originals):
             rng = random.Random(f"{name}/{i}")
             copy = data if name == "same file" else edit(img, rng)
             got, got_plain = scan(copy)
+            if name in ("crop 3%", "crop 10%") and not set(got) - {i}:
+                live_scans.append((copy, got.get(i)))
             r.n += 1
             r.plain += got_plain.get(i) == CONFIDENT
             r.confident += got.get(i) == CONFIDENT
@@ -174,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for j, data in enumerate(distractors):
         got, got_plain = scan(data)
+        if not got:
+            live_scans.append((data, None))
         fp_ours.add(f"distractor {j}", got, n)
         fp_plain.add(f"distractor {j}", got_plain, n)
 
@@ -243,6 +311,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{per_original:.0f} stored hashes each; {low_quality} of {n} originals have "
         "PDQ quality < 50 (PDQ unusable for them)"
     )
+    live = _live(enrolled, live_scans)
+    live_p50_plain = statistics.median(live.plain) * 1000
+    live_p50_ours = statistics.median(live.ours) * 1000
+    live_ratio = sum(live.ours) / sum(live.plain)
+    print(
+        f"live path ({len(live.ours)} scans, bank of {n} originals in the store): plain "
+        f"hash_image + match_image p50 {live_p50_plain:.1f} ms, ours hash_for_query + "
+        f"match_query p50 {live_p50_ours:.1f} ms; {live_p50_ours / live_p50_plain:.2f}x at "
+        f"p50, {live_ratio:.2f}x in total (target <= 2x); same best tier as the evaluation "
+        f"for {live.agree} of {live.compared} crops"
+    )
     common_ok = all(r["met"] for r in rows if r["group"] == "common")
     harder_ok = all(r["met"] for r in rows if r["group"] == "harder")
     summary = {
@@ -253,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         "review_fp_met": rate(fp_ours.review, fp_ours.pairs) < REVIEW_FP_TARGET,
         "time_ratio_total": round(mean_ratio, 3),
         "time_met": mean_ratio <= 2.0,
+        "live_ratio_total": round(live_ratio, 3),
+        "live_time_met": live_ratio <= 2.0,
     }
     print("targets: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
     if args.json:
@@ -282,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
                         "ratio_total": round(mean_ratio, 3),
                         "enrol_p50_ms": round(statistics.median(t_enrol) * 1000, 1),
                         "stored_per_original": round(per_original, 1),
+                        "live_n": len(live.ours),
+                        "live_plain_p50_ms": round(live_p50_plain, 2),
+                        "live_ours_p50_ms": round(live_p50_ours, 2),
+                        "live_ratio_p50": round(live_p50_ours / live_p50_plain, 3),
+                        "live_ratio_total": round(live_ratio, 3),
+                        "live_agree": live.agree,
+                        "live_compared": live.compared,
                     },
                     "originals": n,
                     "low_quality_originals": low_quality,

@@ -471,23 +471,23 @@ class ListRegistry:
         if not entries:
             return 0
         added = await self.bank_add_entries(entries, added_by, reason, alert_id)
-        if originals is not None:
-            for index, h in hashed:
-                added += await self._enrol_original(
-                    originals, event_id, index, h, added_by, reason, alert_id
-                )
+        if originals is None:
+            return added
+        # Every image's variants in one insert: each insert rebuilds the bank's indexes.
+        variants: list[tuple[str, str]] = []
+        for index, h in hashed:
+            enrol = await self._original_variants(originals, event_id, index, h)
+            if enrol is not None:
+                variants += variant_entries(enrol)
+        if variants:
+            new = await self.bank_add_entries(variants, added_by, reason, alert_id)
+            log.info("event %d: enrolled %d variants (%d new hashes)", event_id, len(variants), new)
+            added += new
         return added
 
-    async def _enrol_original(
-        self,
-        originals: Originals,
-        event_id: int,
-        index: int,
-        scanned: ImageHashes,
-        added_by: str,
-        reason: str,
-        alert_id: int | None,
-    ) -> int:
+    async def _original_variants(
+        self, originals: Originals, event_id: int, index: int, scanned: ImageHashes
+    ) -> EnrolmentHashes | None:
         """The enrolment variants of one banked image, if its original can be had."""
         try:
             found = await originals(event_id, index)
@@ -500,7 +500,7 @@ class ListRegistry:
                 event_id,
                 index,
             )
-            return 0
+            return None
         base, enrol = found
         if base.sha256 != scanned.sha256:
             # The forum serves other bytes under that address now: enrolling them would
@@ -511,16 +511,8 @@ class ListRegistry:
                 event_id,
                 index,
             )
-            return 0
-        added = await self.bank_enrol(base, enrol, added_by, reason, alert_id)
-        log.info(
-            "event %d image %d: enrolled %d variants (%d new hashes)",
-            event_id,
-            index,
-            len(enrol.pdq) + len(enrol.lowfreq),
-            added,
-        )
-        return added
+            return None
+        return enrol
 
     # --- matching ------------------------------------------------------------------------
 

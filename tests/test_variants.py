@@ -309,3 +309,137 @@ def test_bank_add_then_scan_follow_the_contract(tmp_path, photos: list[Image.Ima
         "matches": [],
     }
     assert set(lines["broken.jpg"]) == {"path", "error"}
+
+
+# --- the registry knows lowfreq; per-list tiers; query hashes kept in media_results ------
+
+
+async def test_bank_holds_lowfreq_and_matches_it_only_in_the_review_tier(
+    tmp_path, photos: list[Image.Image]
+) -> None:
+    from bot.lists import ListRegistry
+    from bot.store import Store
+
+    store = await Store.open(tmp_path / "v.db")
+    try:
+        registry = ListRegistry(None, store)
+        await registry.load_bank()
+        base, enrol = hash_for_enrolment(encode(photos[1], "JPEG", quality=90))
+        added = await registry.bank_enrol(base, enrol, "Alice", "taken down")
+        assert added == 6 + len(enrol.pdq) + len(enrol.lowfreq)
+        kinds = {k for k, _ in await store.bank_entries()}
+        assert "lowfreq" in kinds
+        with pytest.raises(ValueError, match="lowfreq needs 32 hex digits"):
+            await registry.bank_add_entries([("lowfreq", "ab" * 8)], "Alice", "bad")
+
+        # A fresh registry reads the lowfreq rows back and indexes them.
+        again = ListRegistry(None, store)
+        await again.load_bank()
+        w, h = photos[1].size
+        wide = encode(photos[1].crop((64, 48, w - 64, h - 48)), "JPEG", quality=85)  # 10%
+        result = again.match_query(hash_for_query(wide), media_index=2)
+        assert [(m.kind, m.tier, m.media_index) for m in result.matches] == [("lowfreq", REVIEW, 2)]
+        assert again.match_image(hash_for_query(wide).base).matches == ()  # plain: nothing
+        # The original itself: confident matches, and no lowfreq noise beside them.
+        same = again.match_query(hash_for_query(encode(photos[1], "JPEG", quality=90)))
+        assert "lowfreq" not in {m.kind for m in same.matches}
+        assert {m.tier for m in same.matches if m.kind == "pdq"} == {CONFIDENT}
+    finally:
+        await store.close()
+
+
+def test_a_typed_lowfreq_entry_imports_and_bare_32_hex_stays_md5(tmp_path) -> None:
+    from bot.hashlists import ListFormat, import_list
+
+    f = tmp_path / "l.txt"
+    f.write_text(f"lowfreq {'ab' * 16}\n{'cd' * 16}\n")
+    r = import_list(f, ListFormat.PLAIN)
+    assert {(x.kind, x.value) for x in r.records} == {("lowfreq", "ab" * 16), ("md5", "cd" * 16)}
+    assert r.problems == []
+
+
+def _rules(tmp_path, body: str):
+    from bot.app import load_everything
+    from tests.conftest import write_config
+
+    (tmp_path / "lists").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "lists" / "l.txt").write_text("")
+    return load_everything(write_config(tmp_path, rules=body))
+
+
+LIST = '[[list]]\nname = "l"\nfile = "lists/l.txt"\n'
+
+
+def test_list_tiers_default_to_both_and_are_checked(tmp_path) -> None:
+    loaded, _ = _rules(tmp_path / "a", LIST)
+    assert loaded is not None and loaded.rules.lists[0].tiers == (CONFIDENT, REVIEW)
+
+    loaded, _ = _rules(tmp_path / "b", LIST + 'tiers = ["confident"]\n')
+    assert loaded is not None and loaded.rules.lists[0].tiers == (CONFIDENT,)
+
+    for bad, message in (("[]", "empty"), ('["sure"]', "'sure' is not one of")):
+        loaded, problems = _rules(tmp_path / f"c{len(bad)}", LIST + f"tiers = {bad}\n")
+        assert loaded is None
+        assert any(".tiers" in p.key and message in p.message for p in problems.errors)
+
+
+def test_a_review_only_list_warns_that_it_never_acts_or_blocks(tmp_path) -> None:
+    rule = '[[rule]]\nname = "r"\nwhen = { lists = ["l"] }\nactions = ["hide"]\nroom = "staff"\n'
+    loaded, problems = _rules(tmp_path, LIST + 'tiers = ["review"]\n' + rule)
+    assert loaded is not None
+    said = [p.message for p in problems.warnings]
+    assert any('verdict "block" acts as "hold"' in m for m in said)
+    assert any("will alert for it but not act" in m for m in said)
+
+
+async def test_list_with_confident_tier_only_drops_review_matches(
+    tmp_path, photos: list[Image.Image]
+) -> None:
+    from bot.lists import ListRegistry
+    from bot.model import Severity
+    from bot.rules import DEFAULT_MAX_DISTANCE, ListSpec
+
+    original = hash_image(encode(photos[2], "PNG"))
+    (tmp_path / "l.txt").write_text(f"pdq {original.pdq}\nphash {original.phash}\n")
+
+    def spec(name: str, tiers: tuple[str, ...], allow: bool = False) -> ListSpec:
+        return ListSpec(
+            name=name,
+            file=tmp_path / "l.txt",
+            format="plain",
+            kinds=("pdq", "phash"),
+            max_distance=dict(DEFAULT_MAX_DISTANCE),
+            severity=Severity.HIGH,
+            category=None,
+            allow=allow,
+            tiers=tiers,
+        )
+
+    registry = ListRegistry(None)
+    await registry.reload(
+        RuleSet(lists=(spec("both", (CONFIDENT, REVIEW)), spec("sure", (CONFIDENT,))))
+    )
+    w, h = photos[2].size
+    crop = hash_image(encode(photos[2].crop((19, 14, w - 19, h - 14)), "JPEG", quality=90))
+    assert {(m.list, m.kind, m.tier) for m in registry.match(crop)} == {("both", "phash", REVIEW)}
+    assert {(m.list, m.kind) for m in registry.match(original)} >= {
+        ("both", "pdq"),
+        ("sure", "pdq"),
+    }
+    # An allow-list clears only on the tiers it names.
+    await registry.reload(
+        RuleSet(lists=(spec("both", (CONFIDENT, REVIEW)), spec("ok", (CONFIDENT,), True)))
+    )
+    assert registry.match_image(crop).allowed_by is None
+    assert registry.match_image(original).allowed_by == "ok"
+
+
+def test_query_hashes_round_trip_beside_the_image_hashes(photos: list[Image.Image]) -> None:
+    from bot.scanning import hashes_from_json, hashes_to_json, query_from_json
+
+    framed = encode(ImageOps.expand(photos[3], border=30, fill=(0, 0, 0)), "JPEG", quality=85)
+    q = hash_for_query(framed)
+    text = hashes_to_json(q.base, q)
+    assert hashes_from_json(text) == q.base
+    assert query_from_json(text) == q and q.trimmed is not None
+    assert query_from_json(hashes_to_json(q.base)) is None  # rows from before: no query
