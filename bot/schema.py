@@ -196,9 +196,8 @@ class Table:
     ) -> Any:
         """An array of strings (each one of ``choices`` when given)."""
         options = list(choices) if choices is not None else None
-        expected = "an array of strings"
-        if options is not None:
-            expected += " from " + ", ".join(repr(c) for c in options)
+        allowed = ", ".join(repr(c) for c in options) if options is not None else ""
+        expected = "an array of strings" + (f" from {allowed}" if allowed else "")
         raw = self.value(name, list, expected, default)
         if raw is None or raw is default:
             return raw
@@ -208,7 +207,7 @@ class Table:
                 self.error(f"{name}[{i}]", f"expected a string, got {_type_name(item)}")
             elif options is not None and item not in options:
                 self.error(
-                    f"{name}[{i}]", f"{item!r} is not one of {expected[21:]}" + _hint(item, options)
+                    f"{name}[{i}]", f"{item!r} is not one of {allowed}" + _hint(item, options)
                 )
             else:
                 out.append(item)

@@ -151,3 +151,14 @@ def test_secrets_come_from_env_file_not_toml(tmp_path: Path) -> None:
     assert loaded is not None
     assert loaded.config.secret("TEST_WEBHOOK_SECRET") == "test-webhook-secret"
     assert "test-webhook-secret" not in repr(loaded.config)
+
+
+def test_unknown_array_item_names_the_allowed_values(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        rules='[[rule]]\nname = "r"\nroom = "staff"\nwhen = { events = ["post_creatd"] }\n',
+    )
+    code, out = run_check(path)
+    assert code == 1
+    assert "rule[0].when.events[0]: error: 'post_creatd' is not one of 'post_created'," in out
+    assert "(did you mean 'post_created'?)" in out
